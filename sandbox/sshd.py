@@ -151,6 +151,9 @@ class Sshd:
         self.prepare()
         if self.is_running():
             return self
+        busy = [a for a in self.addresses if port_open(a, self.port)]
+        if busy:
+            raise SandboxError(f"port {self.port} already in use on {busy} (a stale sshd?)")
         with open(self.log_file, "ab") as log:
             self.process = subprocess.Popen(
                 [str(SSHD_BIN), "-D", "-e", "-f", str(self.config_file)],
