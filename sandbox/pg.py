@@ -281,13 +281,33 @@ class Node:
     def set_conf(self, **settings: str) -> None:
         set_conf(self.pgdata / "postgresql.conf", settings)
 
+    @property
+    def node_conf(self) -> Path:
+        """Per-node settings file *outside* PGDATA (``<root>/node.conf``)."""
+        return self.root / "node.conf"
+
     def set_local_settings(self) -> None:
-        """This node's own address/port/socket dir (a copied postgresql.conf has the source's)."""
-        self.set_conf(
-            listen_addresses=f"'{self.address}'",
-            port=str(self.port),
-            unix_socket_directories=f"'{self.socket_dir}'",
+        """Give the node its own address, port and socket directory.
+
+        They live in ``<root>/node.conf``, outside PGDATA, included from postgresql.conf by
+        the *relative* path ``../node.conf``.  pg_basebackup and pg_rewind copy
+        postgresql.conf from another node; the relative include then resolves to the
+        destination's own file, as host-specific settings would on separate machines.
+        Without this, a node rebuilt by a hook would try to listen on its source's address.
+        """
+        write_file(
+            self.node_conf,
+            f"# settings of {self.name}; kept outside PGDATA so that copies of PGDATA do not carry them\n"
+            f"listen_addresses = '{self.address}'\n"
+            f"port = {self.port}\n"
+            f"unix_socket_directories = '{self.socket_dir}'\n",
+            mode=0o644,
         )
+        conf = self.pgdata / "postgresql.conf"
+        include = "include = '../node.conf'"
+        lines = conf.read_text().splitlines()
+        if include not in (ln.strip() for ln in lines):
+            conf.write_text("\n".join([*lines, include]) + "\n")
 
     def write_recovery_config(self, primary: Node, slot_name: str | None = None) -> None:
         """Make this node a standby of ``primary`` the way follow_primary does it."""

@@ -1,0 +1,5 @@
+"""``python -m engine`` behaves exactly like the ``pgpool-hook`` console script."""
+
+from engine.cli import main
+
+raise SystemExit(main())

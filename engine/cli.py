@@ -1,0 +1,222 @@
+"""The ``pgpool-hook`` command, and the hook names pgpool calls it by.
+
+pgpool runs hooks as ``sh -c`` strings or as fixed file names in PGDATA, so
+the same program answers to ``failover.sh``, ``follow_primary.sh``,
+``recovery_1st_stage`` and ``pgpool_remote_start`` and then takes exactly the
+arguments pgpool passes — including ``-1`` and empty strings, which option
+parsing must not eat.  Every user error ends here as a message and an exit
+code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import uuid
+from typing import Any
+
+from engine.errors import EXIT_FAILED, EXIT_INVALID, HookError, Interrupted, InvalidInput, RenderError
+
+# the file names pgpool (or an operator's pgpool.conf) may call us by
+HOOK_NAMES = {
+    "failover": "failover",
+    "failover.sh": "failover",
+    "follow_primary": "follow_primary",
+    "follow_primary.sh": "follow_primary",
+    "recovery_1st_stage": "recovery_1st_stage",
+    "recovery_1st_stage.sh": "recovery_1st_stage",
+    "pgpool_remote_start": "remote_start",
+    "pgpool_remote_start.sh": "remote_start",
+}
+
+EPILOG = """\
+exit codes: 0 success (or a deliberate exit 0), 1 failed and rolled back,
+2 invalid input (nothing ran), 3 failed and rollback incomplete.
+
+examples:
+  pgpool-hook validate                       # check every workflow in the workflows folder
+  pgpool-hook run --dry-run failover 0 pg1 5432 /var/lib/postgresql/15/main 1 pg2 0 0 5432 \\
+      /var/lib/postgresql/15/main pg1 5432   # show what a failover of node 0 would do
+  pgpool-hook run follow_primary %d %h %p %D %m %H %M %P %r %R   # as pgpool's follow_primary_command
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pgpool-hook",
+        description="Run Pgpool-II hooks (failover, follow-primary, online recovery) as YAML workflows.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run", help="run a workflow with pgpool's arguments",
+        description="Run WORKFLOW (a name in the workflows folder, or a path) with the arguments pgpool passes. "
+                    "Everything after WORKFLOW is passed through untouched, including -1 and empty strings.",
+        epilog="example: pgpool-hook run --dry-run remote_start 10.0.0.2 /var/lib/postgresql/15/main",
+    )
+    _add_run_options(run)
+    run.add_argument("workflow", help="workflow name or path")
+    run.add_argument("args", nargs=argparse.REMAINDER, help="the hook's arguments, exactly as pgpool gives them")
+
+    val = sub.add_parser(
+        "validate", help="check workflows and config without running anything",
+        description="Check YAML syntax, the schema and the semantics (ids, needs cycles, undo and fallback "
+                    "references, Jinja2 syntax and undefined variables). Reports every error as "
+                    "file:line:column and exits 2 if there is any.",
+        epilog="example: pgpool-hook validate workflows/follow_primary.yaml",
+    )
+    val.add_argument("--config", help="config file (default: $PGPOOL_HOOK_CONFIG or /etc/pgpool2/pgpool-hook.yaml)")
+    val.add_argument("files", nargs="*", help="workflow files (default: every workflow in the workflows folder)")
+
+    sch = sub.add_parser("schema", help="print the JSON Schema of workflows or of the config",
+                         epilog="example: pgpool-hook schema workflow > workflow.schema.json")
+    sch.add_argument("which", nargs="?", choices=["workflow", "config"], default="workflow")
+    return p
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="config file (default: $PGPOOL_HOOK_CONFIG or /etc/pgpool2/pgpool-hook.yaml)")
+    p.add_argument("--dry-run", action="store_true", help="show what would run; connect to nothing, change nothing")
+    p.add_argument("--diff", action="store_true", help="with --dry-run: read existing files and show a diff")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key for this run, e.g. --set vars.promote_timeout=120")
+
+
+def _install_signal_handlers() -> None:
+    state = {"raised": False}
+
+    def handler(signum: int, frame: Any) -> None:
+        if state["raised"]:
+            return  # already stopping: let the rollback finish
+        state["raised"] = True
+        raise Interrupted(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGHUP, handler)
+
+
+def cmd_run(opts: argparse.Namespace) -> int:
+    from engine import config as config_mod
+    from engine import context, validate
+    from engine.masking import Masker
+    from engine.steps import KINDS
+
+    overrides = config_mod.parse_set(opts.set)
+    cfg = config_mod.load(opts.config, overrides)
+    path = validate.resolve_workflow_path(opts.workflow, cfg.workflows_dir)
+    workflow = validate.load_workflow(path)
+    params = context.bind_params(workflow, list(opts.args))
+    masker = Masker(cfg.mask_values())
+    run_id = uuid.uuid4().hex[:12]
+    if opts.dry_run:
+        from engine import plan
+
+        try:
+            ctx, r = context.build(workflow, cfg, params, dry_run=True, run_id="dry-run")
+        except RenderError as exc:
+            raise InvalidInput(str(exc)) from None
+        rt = None
+        if opts.diff:
+            from engine.log import Logger
+            from engine.runtime import Runtime
+
+            rt = Runtime(cfg, Logger(workflow.name, "dry-run", masker, quiet=True))
+        try:
+            return plan.dry_run(workflow, r, KINDS, masker, rt=rt, params=params)
+        finally:
+            if rt is not None:
+                rt.close()
+    from engine.run import execute
+
+    return execute(workflow, cfg, params, masker, run_id, list(opts.args))
+
+
+def cmd_validate(opts: argparse.Namespace) -> int:
+    from engine import config as config_mod
+    from engine import validate
+    from engine.errors import Problem
+
+    problems: list[Problem] = []
+    files = list(opts.files)
+    try:
+        cfg = config_mod.load(opts.config)
+    except InvalidInput as exc:
+        problems.extend(exc.problems)
+        cfg = None
+    if not files:
+        wdir = cfg.workflows_dir if cfg else config_mod.shipped_workflows_dir()
+        if os.path.isdir(wdir):
+            files = sorted(os.path.join(wdir, f) for f in os.listdir(wdir) if f.endswith((".yaml", ".yml")))
+        if not files:
+            problems.append(Problem(wdir, None, None, "", "no workflow files found"))
+    for f in files:
+        try:
+            validate.load_workflow(f)
+            print(f"ok: {f}")
+        except InvalidInput as exc:
+            problems.extend(exc.problems)
+    for p in problems:
+        print(f"error: {p}", file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} error(s); fix them and run validate again", file=sys.stderr)
+        return EXIT_INVALID
+    return 0
+
+
+def cmd_schema(opts: argparse.Namespace) -> int:
+    import json
+
+    from engine import schema
+
+    doc = schema.workflow_schema() if opts.which == "workflow" else schema.config_schema()
+    print(json.dumps(doc, indent=2))
+    return 0
+
+
+def _hook_argv(name: str, argv: list[str]) -> list[str]:
+    """`failover.sh 0 host ...` → `run failover 0 host ...` (options allowed before the args)."""
+    out = ["run"]
+    rest = list(argv)
+    while rest and rest[0] in ("--config", "--set") and len(rest) > 1:
+        out += rest[:2]
+        rest = rest[2:]
+    while rest and rest[0] == "--dry-run":
+        out.append(rest.pop(0))
+    return out + [HOOK_NAMES[name]] + rest
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    name = os.path.basename(prog if prog is not None else sys.argv[0])
+    if name in HOOK_NAMES:
+        argv = _hook_argv(name, argv)
+    parser = _parser()
+    opts = parser.parse_args(argv)
+    if opts.command is None:
+        parser.print_help()
+        return EXIT_INVALID
+    handlers = {"run": cmd_run, "validate": cmd_validate, "schema": cmd_schema}
+    if opts.command == "run":
+        _install_signal_handlers()
+    try:
+        return handlers[opts.command](opts)
+    except InvalidInput as exc:
+        print(exc.render(), file=sys.stderr)
+        return EXIT_INVALID
+    except HookError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Interrupted as exc:
+        print(f"error: interrupted by {exc} before the run started; nothing was changed", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:  # a bug: say so plainly; the traceback only on request
+        if os.environ.get("PGPOOL_HOOK_DEBUG"):
+            raise
+        print(f"internal error: {type(exc).__name__}: {exc} (set PGPOOL_HOOK_DEBUG=1 for a traceback)",
+              file=sys.stderr)
+        return EXIT_FAILED

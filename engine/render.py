@@ -1,0 +1,259 @@
+"""Sandboxed Jinja2 rendering with shell quoting and strict variables.
+
+Values from pgpool's arguments are attacker-shaped (pgpool pastes them into
+``sh -c`` unquoted).  Here every ``{{ }}`` in a shell command is passed through
+``shlex.quote`` by the environment's *finalize* hook, so a host named
+``$(touch x)`` reaches the remote shell as one literal word.  A workflow opts
+out per value with ``| trusted``.  SQL never goes through Jinja at all: values
+travel as bound parameters.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from collections.abc import Mapping
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateError, nodes
+from jinja2.sandbox import SandboxedEnvironment
+
+from engine.errors import NeedsRuntime, RenderError
+
+
+class Trusted(str):
+    """A string the workflow author vouches for: not shell-quoted."""
+
+
+def _shell_finalize(value: Any) -> str:
+    if isinstance(value, Trusted):
+        return str(value)
+    if isinstance(value, bool):
+        value = "true" if value else "false"
+    return shlex.quote(str(value))
+
+
+def pg_quote(value: Any) -> str:
+    """Quote a value as a postgresql.conf string literal."""
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def conninfo_quote(value: Any) -> str:
+    """Quote a value for a libpq conninfo string (``host='a b'``)."""
+    text = str(value)
+    if text and re.fullmatch(r"[A-Za-z0-9_.:/@+-]+", text):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def slot_name_default(host: Any) -> str:
+    """The classic scripts' slot rule: host with '-' and '.' as '_', lower-cased."""
+    return re.sub(r"[^a-z0-9_]", "_", str(host).lower().replace("-", "_").replace(".", "_"))
+
+
+class RuntimeRef:
+    """Stands for a step result that only exists at run time (dry-run)."""
+
+    def __init__(self, ref: str):
+        self._ref = ref
+
+    def _fail(self, *_: Any, **__: Any) -> Any:
+        raise NeedsRuntime(self._ref)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return RuntimeRef(f"{self._ref}.{name}")
+
+    def __getitem__(self, key: Any) -> Any:
+        return RuntimeRef(f"{self._ref}[{key!r}]")
+
+    __bool__ = __str__ = __iter__ = __len__ = __int__ = __float__ = _fail
+    __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = __contains__ = _fail  # type: ignore[assignment]
+
+    def __hash__(self) -> int:
+        return hash(self._ref)
+
+
+class StepResults(Mapping[str, Any]):
+    """``steps.<id>`` in expressions: real results, or runtime placeholders in dry-run."""
+
+    def __init__(self, results: dict[str, dict[str, Any]], dry_run: bool):
+        self._results = results
+        self._dry_run = dry_run
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self._results:
+            return self._results[key]
+        if self._dry_run:
+            return RuntimeRef(f"steps.{key}")
+        raise KeyError(key)
+
+    def __getattr__(self, key: str) -> Any:
+        if key.startswith("_"):
+            raise AttributeError(key)
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(f"step {key!r} has not run") from None
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._results)
+
+    def __len__(self) -> int:
+        return len(self._results)
+
+
+def _make_env(shell: bool) -> SandboxedEnvironment:
+    env = SandboxedEnvironment(
+        undefined=StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        finalize=_shell_finalize if shell else None,
+    )
+    env.filters.update(
+        quote=lambda v: Trusted(shlex.quote(str(v))),
+        trusted=lambda v: Trusted(str(v)),
+        pgquote=pg_quote,
+        conninfo=conninfo_quote,
+        slot_name=slot_name_default,
+    )
+    return env
+
+
+_ENVS: dict[bool, SandboxedEnvironment] = {}
+
+
+def environment(shell: bool = False) -> SandboxedEnvironment:
+    env = _ENVS.get(shell)
+    if env is None:
+        env = _ENVS[shell] = _make_env(shell)
+    return env
+
+
+def is_template(value: Any) -> bool:
+    return isinstance(value, str) and ("{{" in value or "{%" in value or "{#" in value)
+
+
+def strip_braces(expr: str) -> str:
+    text = expr.strip()
+    if text.startswith("{{") and text.endswith("}}") and text.count("{{") == 1:
+        return text[2:-2].strip()
+    return text
+
+
+BUILTIN_NAMES = frozenset({"config", "secrets", "steps", "params", "workflow", "run_id", "dry_run",
+                           "replication_slot", "extra_args"})
+
+
+def undeclared(source: str, expression: bool = False) -> tuple[set[str], set[str]]:
+    """Names a template reads without defining, and the step ids it reads via ``steps.X``."""
+    from jinja2 import meta
+
+    env = environment()
+    ast = env.parse("{{ (" + source + ") }}" if expression else source)
+    names = set(meta.find_undeclared_variables(ast))
+    steps: set[str] = set()
+    for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
+        base = node.node
+        if isinstance(base, nodes.Name) and base.name == "steps":
+            if isinstance(node, nodes.Getattr):
+                steps.add(node.attr)
+            elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+                steps.add(node.arg.value)
+    return names, steps
+
+
+class Renderer:
+    """Renders one step's fields against the run's context."""
+
+    def __init__(self, context: dict[str, Any], *, step: str = "", file: str = "", line: int | None = None,
+                 base_dir: str = ""):
+        self.context = context
+        self.step, self.file, self.line = step, file, line
+        self.base_dir = base_dir
+        self._cache: dict[tuple[bool, str], Any] = {}
+
+    def for_step(self, step: str, file: str, line: int | None) -> Renderer:
+        r = Renderer(self.context, step=step, file=file, line=line, base_dir=self.base_dir)
+        r._cache = self._cache
+        return r
+
+    def template_file(self, relative: str, field: str = "src") -> str:
+        """Render a template file that lives beside the workflow (e.g. templates/x.j2)."""
+        path = os.path.join(self.base_dir, relative)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError as exc:
+            raise RenderError(f"cannot read template {path}: {exc.strerror or exc}", file=self.file,
+                              line=self.line, step=self.step, field=field) from None
+        try:
+            return environment().from_string(text).render(self.context)
+        except NeedsRuntime:
+            raise
+        except TemplateError as exc:
+            lineno = getattr(exc, "lineno", None)
+            where = f"{path}:{lineno}: " if lineno else f"{path}: "
+            raise RenderError(where + (getattr(exc, "message", None) or str(exc)), file=self.file,
+                              line=self.line, step=self.step, field=field) from None
+
+    def _error(self, exc: Exception, field: str) -> RenderError:
+        msg = getattr(exc, "message", None) or str(exc)
+        return RenderError(msg, file=self.file, line=self.line, step=self.step, field=field)
+
+    def text(self, source: Any, field: str = "", *, shell: bool = False) -> str:
+        if not isinstance(source, str):
+            return "" if source is None else str(source)
+        if not is_template(source):
+            return source
+        key = (shell, source)
+        try:
+            tmpl = self._cache.get(key)
+            if tmpl is None:
+                tmpl = self._cache[key] = environment(shell).from_string(source)
+            return tmpl.render(self.context)
+        except NeedsRuntime:
+            raise
+        except (TemplateError, ArithmeticError, TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise self._error(exc, field) from None
+
+    def shell(self, source: Any, field: str = "command") -> str:
+        return self.text(source, field, shell=True)
+
+    def expr(self, source: Any, field: str = "when", extra: dict[str, Any] | None = None) -> Any:
+        if isinstance(source, bool) or source is None:
+            return bool(source) if source is not None else True
+        if not isinstance(source, str):
+            return source
+        key = (False, "expr:" + source)
+        try:
+            fn = self._cache.get(key)
+            if fn is None:
+                fn = self._cache[key] = environment().compile_expression(
+                    strip_braces(source), undefined_to_none=False
+                )
+            ctx = self.context if not extra else {**self.context, **extra}
+            value = fn(ctx)
+            if isinstance(value, StrictUndefined):
+                str(value)  # raises UndefinedError with the variable's name
+            return value
+        except NeedsRuntime:
+            raise
+        except (TemplateError, ArithmeticError, TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise self._error(exc, field) from None
+
+    def value(self, source: Any, field: str = "") -> Any:
+        """Render every string inside a structure (dicts, lists) with plain rendering."""
+        if isinstance(source, str):
+            return self.text(source, field)
+        if isinstance(source, dict):
+            return {k: self.value(v, f"{field}.{k}" if field else str(k)) for k, v in source.items()}
+        if isinstance(source, list):
+            return [self.value(v, f"{field}[{i}]") for i, v in enumerate(source)]
+        return source
+
+    def argv(self, source: Any, field: str = "command") -> list[str]:
+        """A command given as a list: each element rendered to exactly one argument."""
+        return [self.text(item, f"{field}[{i}]") for i, item in enumerate(source)]

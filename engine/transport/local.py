@@ -1,0 +1,180 @@
+"""Commands and files on the hook's own host.
+
+Processes start in their own session so a timeout (or SIGTERM to the runner)
+can stop the whole process group — a ``pg_basebackup`` and anything it forked
+— rather than leaving orphans behind pgpool's back.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+
+from engine.transport import CommandResult
+
+KILL_GRACE = 2.0
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    for sig, wait in ((signal.SIGTERM, KILL_GRACE), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run(
+    command: list[str] | str,
+    *,
+    shell: bool = False,
+    env: dict[str, str] | None = None,
+    cwd: str | None = None,
+    timeout: float | None = None,
+    on_line: Callable[[str, str], None] | None = None,
+    stdin: bytes | None = None,
+) -> CommandResult:
+    """Run ``command``; stream each output line to ``on_line(stream, line)``; enforce ``timeout``."""
+    start = time.monotonic()
+    full_env = None
+    if env:
+        full_env = dict(os.environ)
+        full_env.update(env)
+    proc = subprocess.Popen(
+        command,
+        shell=shell,
+        executable="/bin/sh" if shell else None,
+        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=full_env,
+        cwd=cwd,
+        start_new_session=True,
+    )
+    if stdin is not None and proc.stdin is not None:
+        try:
+            proc.stdin.write(stdin)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+    out: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
+    partial = {"stdout": b"", "stderr": b""}
+    sel = selectors.DefaultSelector()
+    assert proc.stdout is not None and proc.stderr is not None
+    sel.register(proc.stdout, selectors.EVENT_READ, "stdout")
+    sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
+    timed_out = False
+    try:
+        while sel.get_map():
+            remaining = None if timeout is None else timeout - (time.monotonic() - start)
+            if remaining is not None and remaining <= 0:
+                timed_out = True
+                break
+            for key, _ in sel.select(remaining):
+                name = key.data
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    sel.unregister(key.fileobj)
+                    if partial[name] and on_line:
+                        on_line(name, partial[name].decode("utf-8", "replace"))
+                    continue
+                out[name].append(chunk)
+                if on_line:
+                    data = partial[name] + chunk
+                    *complete, partial[name] = data.split(b"\n")
+                    for line in complete:
+                        on_line(name, line.decode("utf-8", "replace"))
+        if not timed_out:
+            remaining = None if timeout is None else max(timeout - (time.monotonic() - start), 0.01)
+            try:
+                proc.wait(remaining)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+    finally:
+        sel.close()
+        if proc.poll() is None:
+            _stop_group(proc)
+        proc.stdout.close()
+        proc.stderr.close()
+    return CommandResult(
+        rc=proc.returncode if not timed_out else -1,
+        stdout=b"".join(out["stdout"]).decode("utf-8", "replace"),
+        stderr=b"".join(out["stderr"]).decode("utf-8", "replace"),
+        timed_out=timed_out,
+        duration=time.monotonic() - start,
+    )
+
+
+class LocalFS:
+    """The FileSystem protocol on this host; writes go through a temp file and rename."""
+
+    def read(self, path: str) -> bytes | None:
+        try:
+            with open(path, "rb") as fh:
+                return fh.read()
+        except FileNotFoundError:
+            return None
+
+    def write_atomic(self, path: str, data: bytes, mode: int | None) -> None:
+        directory = os.path.dirname(path) or "."
+        tmp = os.path.join(directory, f".{os.path.basename(path)}.pgpool-hook.{os.getpid()}.tmp")
+        if mode is None:
+            mode = self.stat_mode(path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp, mode if mode is not None else 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+
+    def remove(self, path: str) -> bool:
+        try:
+            os.unlink(path)
+            return True
+        except FileNotFoundError:
+            return False
+
+    def exists(self, path: str) -> bool:
+        return os.path.lexists(path)
+
+    def is_dir(self, path: str) -> bool:
+        return os.path.isdir(path) and not os.path.islink(path)
+
+    def listdir(self, path: str) -> list[str]:
+        return sorted(os.listdir(path))
+
+    def remove_tree(self, path: str) -> None:
+        import shutil
+
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+
+    def mkdir(self, path: str, mode: int) -> None:
+        os.makedirs(path, mode=mode, exist_ok=True)
+
+    def chmod(self, path: str, mode: int) -> None:
+        os.chmod(path, mode)
+
+    def stat_mode(self, path: str) -> int | None:
+        try:
+            return os.stat(path).st_mode & 0o7777
+        except FileNotFoundError:
+            return None
