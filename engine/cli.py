@@ -108,7 +108,10 @@ def cmd_run(opts: argparse.Namespace) -> int:
 
     overrides = config_mod.parse_set(opts.set)
     cfg = config_mod.load(opts.config, overrides)
-    path = validate.resolve_workflow_path(opts.workflow, cfg.workflows_dir)
+    name = opts.workflow
+    if name in HOOK_NAMES and not os.path.exists(name):
+        name = HOOK_NAMES[name]  # `run pgpool_remote_start` means the remote_start workflow
+    path = validate.resolve_workflow_path(name, cfg.workflows_dir)
     workflow = validate.load_workflow(path)
     params = context.bind_params(workflow, list(opts.args))
     masker = Masker(cfg.mask_values())

@@ -69,6 +69,12 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+# paths that may start with ~ (the hook user's home); expanded once, so templates see real paths
+PATH_KEYS = (("", "workflows_dir"), ("", "state_dir"), ("postgres", "passfile"), ("postgres", "conf_file"),
+             ("ssh", "key_file"), ("ssh", "known_hosts"), ("pcp", "passfile"), ("pcp", "bin_dir"),
+             ("postgres", "bin_dir"))
+
+
 class SecretMissing(str):
     """Placeholder for a secret that could not be read; using it is an error."""
 
@@ -224,6 +230,10 @@ def load(explicit: str | None = None, overrides: dict[str, Any] | None = None) -
     if problems:
         raise InvalidInput(problems, hint="fix the config file (see docs/configuration.md)")
     data = _merge(DEFAULTS, source.plain(raw))
+    for section, key in PATH_KEYS:
+        node = data.get(section) if section else data
+        if isinstance(node, dict) and isinstance(node.get(key), str):
+            node[key] = os.path.expanduser(node[key])
     base_dir = os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
     secrets, secret_problems = _resolve_secrets(data.get("secrets") or {}, base_dir)
     return Config(data=data, path=path, secrets=secrets, secret_problems=secret_problems)

@@ -118,6 +118,9 @@ def _make_env(shell: bool) -> SandboxedEnvironment:
         pgquote=pg_quote,
         conninfo=conninfo_quote,
         slot_name=slot_name_default,
+        regex_escape=lambda v: re.escape(str(v)),
+        dirname=lambda v: os.path.dirname(str(v).rstrip("/")) or "/",
+        basename=lambda v: os.path.basename(str(v).rstrip("/")),
     )
     return env
 

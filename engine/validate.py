@@ -217,7 +217,7 @@ def _make_step(raw: dict[str, Any], index: int, section: str, chk: _Checker, kin
         body=source.plain(raw[kind]),
         file=chk.file,
         line=chk.line_of(here),
-        description=raw.get("description", ""),
+        description=" ".join(str(raw.get("description", "")).split()),
         when=raw.get("when"),
         needs=_ids(needs) if explicit else ((previous,) if previous else ()),
         explicit_needs=explicit,
@@ -342,7 +342,7 @@ def check_workflow(path: str, doc: Any, problems: list[Problem]) -> Workflow | N
     return Workflow(
         name=doc["name"],
         path=path,
-        description=doc.get("description", ""),
+        description=" ".join(str(doc.get("description", "")).split()),
         params=params,
         vars=source.plain(doc.get("vars") or {}),
         steps=tuple(steps),
