@@ -72,6 +72,18 @@ def _parser() -> argparse.ArgumentParser:
     val.add_argument("--config", help="config file (default: $PGPOOL_HOOK_CONFIG or /etc/pgpool2/pgpool-hook.yaml)")
     val.add_argument("files", nargs="*", help="workflow files (default: every workflow in the workflows folder)")
 
+    ins = sub.add_parser(
+        "install", help="write the recovery shims into PGDATA and print the pgpool.conf lines",
+        description="Write executable recovery_1st_stage and pgpool_remote_start files into the primary's "
+                    "PGDATA (pgpool only runs files with these names there) and print the failover_command, "
+                    "follow_primary_command and recovery_1st_stage_command lines. Safe to run again.",
+        epilog="example: pgpool-hook install --pgdata /var/lib/postgresql/15/main "
+               "--config /etc/pgpool2/pgpool-hook.yaml",
+    )
+    ins.add_argument("--pgdata", required=True, help="the primary's data directory")
+    ins.add_argument("--config", help="config file the hooks should use")
+    ins.add_argument("--runner", help="command that starts pgpool-hook (default: this program)")
+
     sch = sub.add_parser("schema", help="print the JSON Schema of workflows or of the config",
                          epilog="example: pgpool-hook schema workflow > workflow.schema.json")
     sch.add_argument("which", nargs="?", choices=["workflow", "config"], default="workflow")
@@ -181,6 +193,14 @@ def cmd_schema(opts: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_install(opts: argparse.Namespace) -> int:
+    import shlex
+
+    from engine.install import install
+
+    return install(opts.pgdata, opts.config, shlex.split(opts.runner) if opts.runner else None)
+
+
 def _hook_argv(name: str, argv: list[str]) -> list[str]:
     """`failover.sh 0 host ...` → `run failover 0 host ...` (options allowed before the args)."""
     out = ["run"]
@@ -203,7 +223,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if opts.command is None:
         parser.print_help()
         return EXIT_INVALID
-    handlers = {"run": cmd_run, "validate": cmd_validate, "schema": cmd_schema}
+    handlers = {"run": cmd_run, "validate": cmd_validate, "schema": cmd_schema, "install": cmd_install}
     if opts.command == "run":
         _install_signal_handlers()
     try:
