@@ -52,8 +52,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     for node in sandbox.nodes:
         print(f"  {node.name}: psql -h {node.address} -p {node.port} -U postgres   PGDATA={node.pgdata}")
     print(f"  pgpool:  psql -h {pp.host} -p {pp.port} -U postgres -c 'SHOW pool_nodes'   log: {pp.log_file}")
-    print(f"  pcp:     PCPPASSFILE={pp.pcppass} pcp_node_info -h {pp.host} -p {pp.pcp_port} -U {pp.pcp_user} -w -n 0")
-    print(f"  ssh:     ssh -i {sshd.key_file} -p {sshd.port} -o UserKnownHostsFile={sshd.known_hosts} postgres@{addresses[0]}")
+    print(
+        f"  pcp:     PCPPASSFILE={pp.pcppass} pcp_node_info -h {pp.host} -p {pp.pcp_port} -U {pp.pcp_user} -w -n 0"
+    )
+    print(
+        f"  ssh:     ssh -i {sshd.key_file} -p {sshd.port} -o UserKnownHostsFile={sshd.known_hosts} postgres@{addresses[0]}"
+    )
     print(f"  hooks:   {app.wrapper} (config {sandbox.config_path})")
     print(f"stop with: python -m sandbox down --base {base}")
     return 0
@@ -100,9 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("up", "down", "status"):
         p = sub.add_parser(name)
-        p.add_argument("--base", type=Path, default=DEFAULT_BASE, help=f"sandbox directory (default {DEFAULT_BASE})")
+        p.add_argument(
+            "--base", type=Path, default=DEFAULT_BASE, help=f"sandbox directory (default {DEFAULT_BASE})"
+        )
         if name == "up":
-            p.add_argument("--addresses", default=",".join(DEFAULT_ADDRESSES), help="comma-separated node addresses")
+            p.add_argument(
+                "--addresses", default=",".join(DEFAULT_ADDRESSES), help="comma-separated node addresses"
+            )
             p.add_argument("--pg-port", type=int, default=DEFAULT_PORT)
             p.add_argument("--ssh-port", type=int, default=DEFAULT_SSH_PORT)
             p.add_argument("--pgpool-port", type=int, default=DEFAULT_PGPOOL_PORT)

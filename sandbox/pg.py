@@ -152,9 +152,13 @@ class Node:
         """Start the server and wait until it accepts connections."""
         self._wait_stale_pid_gone()
         try:
-            self.pg_ctl("-l", str(self.log_file), "-w", "-t", str(int(timeout)), "start", timeout=timeout + 10)
+            self.pg_ctl(
+                "-l", str(self.log_file), "-w", "-t", str(int(timeout)), "start", timeout=timeout + 10
+            )
         except SandboxError as exc:
-            raise SandboxError(f"{self}: start failed\n{exc}\n--- server log tail ---\n{self.log_tail()}") from exc
+            raise SandboxError(
+                f"{self}: start failed\n{exc}\n--- server log tail ---\n{self.log_tail()}"
+            ) from exc
 
     def stop(self, mode: str = "fast", timeout: float = 60) -> None:
         """Stop the server (``smart``/``fast``/``immediate``); no-op if not running."""

@@ -228,15 +228,19 @@ class Pgpool:
             )
         try:
             wait_until(
-                lambda: self._died() or (port_open(self.host, self.port) and port_open(self.host, self.pcp_port)),
+                lambda: (
+                    self._died() or (port_open(self.host, self.port) and port_open(self.host, self.pcp_port))
+                ),
                 timeout,
                 message="pgpool ports",
             )
             if self._died():
                 raise SandboxError(f"pgpool exited at start:\n{self.log_text()[-3000:]}")
             self.wait_for(
-                lambda: len(self.pool_nodes()) == len(self.cluster.nodes)
-                and all(n["status"] == "up" for n in self.pool_nodes()),
+                lambda: (
+                    len(self.pool_nodes()) == len(self.cluster.nodes)
+                    and all(n["status"] == "up" for n in self.pool_nodes())
+                ),
                 timeout,
                 message="all backends up in pgpool",
             )
@@ -391,7 +395,9 @@ class Pgpool:
             result[node.node_id] = (info.get("Status Name", "?"), info.get("Role", "?"))
         return result
 
-    def wait_for(self, predicate: Callable[[], T], timeout: float = 60, message: str = "pgpool condition") -> T:
+    def wait_for(
+        self, predicate: Callable[[], T], timeout: float = 60, message: str = "pgpool condition"
+    ) -> T:
         """wait_until, with the pgpool log tail attached to the timeout for diagnosis."""
         try:
             return wait_until(predicate, timeout, interval=0.3, message=message)

@@ -112,7 +112,9 @@ class Sshd:
             chown_postgres(self.public_key_file)
             self.key_file.chmod(0o600)
         write_file(self.authorized_keys, self.public_key_file.read_text(), mode=0o644)
-        host_pub = " ".join(self.host_key_file.with_name(self.host_key_file.name + ".pub").read_text().split()[:2])
+        host_pub = " ".join(
+            self.host_key_file.with_name(self.host_key_file.name + ".pub").read_text().split()[:2]
+        )
         write_file(
             self.known_hosts,
             "".join(f"{known_hosts_host(a, self.port)} {host_pub}\n" for a in self.addresses),
@@ -140,7 +142,9 @@ class Sshd:
         )
         write_file(self.config_file, config, mode=0o644, postgres_owned=False)
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-        check = subprocess.run([str(SSHD_BIN), "-t", "-f", str(self.config_file)], capture_output=True, text=True)
+        check = subprocess.run(
+            [str(SSHD_BIN), "-t", "-f", str(self.config_file)], capture_output=True, text=True
+        )
         if check.returncode != 0:
             raise SandboxError(f"sshd rejects its config {self.config_file}: {check.stderr}")
 
