@@ -158,6 +158,7 @@ def undeclared(source: str, expression: bool = False) -> tuple[set[str], set[str
     ast = env.parse("{{ (" + source + ") }}" if expression else source)
     names = set(meta.find_undeclared_variables(ast))
     steps: set[str] = set()
+    node: Any  # Getattr | Getitem: find_all is typed as returning the base class
     for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
         base = node.node
         if isinstance(base, nodes.Name) and base.name == "steps":

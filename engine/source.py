@@ -106,18 +106,19 @@ def _yaml_problem(filename: str, exc: yaml.YAMLError, text: str) -> Problem:
     return Problem(filename, line, col, "", f"not valid YAML: {problem}")
 
 
-def _depth(value: Any, limit: int) -> bool:
-    """True when nesting stays within ``limit`` (iterative: no recursion limit)."""
-    stack: list[tuple[Any, int]] = [(value, 0)]
+def _too_deep(value: Any, limit: int) -> Pos | None:
+    """Where ``value`` nests deeper than ``limit`` levels, or None (iterative: no recursion limit)."""
+    stack: list[tuple[Any, int, Pos]] = [(value, 0, getattr(value, "pos", (1, 1)))]
     while stack:
-        item, depth = stack.pop()
+        item, depth, pos = stack.pop()
+        pos = getattr(item, "pos", pos)
         if depth > limit:
-            return False
+            return pos
         if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values())
+            stack.extend((v, depth + 1, pos) for v in item.values())
         elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item)
-    return True
+            stack.extend((v, depth + 1, pos) for v in item)
+    return None
 
 
 def parse(text: str, filename: str) -> tuple[Any, list[Problem]]:
@@ -136,8 +137,9 @@ def parse(text: str, filename: str) -> tuple[Any, list[Problem]]:
     finally:
         loader.dispose()
     problems = list(loader.problems)
-    if not _depth(doc, MAX_DEPTH):
-        problems.append(Problem(filename, None, None, "", f"nested too deeply (more than {MAX_DEPTH} levels)"))
+    deep = _too_deep(doc, MAX_DEPTH)
+    if deep is not None:
+        problems.append(Problem(filename, *deep, "", f"nested too deeply (more than {MAX_DEPTH} levels)"))
     return doc, problems
 
 

@@ -238,6 +238,8 @@ def check_workflow(path: str, doc: Any, problems: list[Problem]) -> Workflow | N
     from engine.steps import KINDS
 
     if doc is None:
+        if not problems:  # only comments, or a bare `~`
+            problems.append(Problem(path, 1, 1, "", "no content (only comments?): expected a YAML mapping"))
         return None
     if not isinstance(doc, dict):
         problems.append(Problem(path, 1, 1, "", f"a workflow must be a YAML mapping, got {_describe_type(doc)}"))
@@ -282,7 +284,7 @@ def check_workflow(path: str, doc: Any, problems: list[Problem]) -> Workflow | N
     order = {s.id: i for i, s in enumerate(steps)}
     for section, collection in (("steps", steps), ("handlers", list(handlers.values()))):
         raws = doc.get(section) or []
-        index = {r["id"]: i for i, r in enumerate(raws)}
+        index = {r["id"]: i for i, r in reversed(list(enumerate(raws)))}  # first of duplicate ids
         for step in collection:
             here = [section, index[step.id]]
             if step.handler and step.explicit_needs:
