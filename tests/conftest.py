@@ -17,9 +17,13 @@ Set PGPOOL_HOOK_KEEP_SANDBOX=1 to keep the session directory (logs) after the ru
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
+import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +48,7 @@ PGPOOL_PORT = int(os.environ.get("PGPOOL_HOOK_TEST_PGPOOL_PORT", "19999"))
 PCP_PORT = int(os.environ.get("PGPOOL_HOOK_TEST_PCP_PORT", "19898"))
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+LOCK_FILE = Path(os.environ.get("PGPOOL_HOOK_TEST_LOCK", "/tmp/pgpool-hook-tests.lock"))
 KEEP = os.environ.get("PGPOOL_HOOK_KEEP_SANDBOX", "") not in ("", "0")
 
 SANDBOX_FIXTURES = {
@@ -112,19 +117,58 @@ def _test_failed(request: pytest.FixtureRequest) -> bool:
 # ---- session-wide --------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def machine_lock() -> Iterator[None]:
+    """Serialize test sessions on one machine: they share addresses and ports.
+
+    A second session (another checkout, a colleague's run) waits here instead of failing
+    with "port already in use" or, worse, talking to the other session's servers.
+    """
+    timeout = float(os.environ.get("PGPOOL_HOOK_TEST_LOCK_TIMEOUT", "1200"))
+    with open(LOCK_FILE, "a+") as handle:
+        deadline = time.monotonic() + timeout
+        announced = False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"another test session held {LOCK_FILE} for {timeout:.0f}s", pytrace=False)
+                if not announced:
+                    handle.seek(0)
+                    holder = handle.read().strip()
+                    sys.stderr.write(f"\nwaiting for another sandbox test session ({holder})...\n")
+                    announced = True
+                time.sleep(1)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} since {time.strftime('%H:%M:%S')}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session")
 def sandbox_base() -> Iterator[Path]:
-    """A fresh directory under /tmp owned by postgres, for everything the session builds."""
+    """A fresh directory under /tmp owned by postgres, for everything the session builds.
+
+    Holding it also holds the machine-wide lock that serializes sandbox test sessions.
+    """
     require()
-    base = Path(
-        tempfile.mkdtemp(prefix="pgpool-hook-test-", dir=os.environ.get("PGPOOL_HOOK_TEST_TMP", "/tmp"))
-    )
-    make_postgres_dir(base, 0o755)
-    yield base
-    if KEEP:
-        print(f"\nsandbox kept in {base}")
-    else:
-        shutil.rmtree(base, ignore_errors=True)
+    with machine_lock():
+        tmp_root = os.environ.get("PGPOOL_HOOK_TEST_TMP", "/tmp")
+        base = Path(tempfile.mkdtemp(prefix="pgpool-hook-test-", dir=tmp_root))
+        make_postgres_dir(base, 0o755)
+        try:
+            yield base
+        finally:
+            if KEEP:
+                print(f"\nsandbox kept in {base}")
+            else:
+                shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
