@@ -71,6 +71,26 @@ def _friendly(error: Any) -> tuple[list[Any], str]:
     return path, error.message
 
 
+def _mismatch(error: Any) -> bool:
+    """True when an alternative of anyOf/oneOf failed only because the value has another type."""
+    if error.validator == "type" and not error.relative_path:
+        return True
+    if error.validator == "enum" and not error.relative_path:
+        return not any(type(v) is type(error.instance) for v in error.validator_value)
+    return error.validator in ("anyOf", "oneOf") and not error.relative_path and all(
+        _mismatch(e) for e in error.context)
+
+
+def _specific(error: Any) -> list[Any]:
+    """For anyOf/oneOf, the errors of the alternative that fits the value's type (if one does)."""
+    if error.validator not in ("anyOf", "oneOf") or not error.context:
+        return [error]
+    relevant = [e for e in error.context if not _mismatch(e)]
+    if len({e.schema_path[0] for e in relevant}) != 1:  # none or several alternatives fit: say what is allowed
+        return [error]
+    return [x for e in relevant for x in _specific(e)]
+
+
 def schema_problems(schema: dict[str, Any], data: Any, doc: Any, filename: str) -> list[Problem]:
     """Every JSON Schema violation of ``data`` as a located Problem."""
     from jsonschema import Draft202012Validator
@@ -78,7 +98,8 @@ def schema_problems(schema: dict[str, Any], data: Any, doc: Any, filename: str) 
     validator = Draft202012Validator(schema)
     problems: list[Problem] = []
     seen: set[tuple[str, str]] = set()
-    for error in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
+    errors = [e for top in validator.iter_errors(data) for e in _specific(top)]
+    for error in sorted(errors, key=lambda e: list(map(str, e.absolute_path))):
         path, message = _friendly(error)
         key = (path_text(path), message)
         if key in seen:
