@@ -8,6 +8,7 @@ an integer) and forgiving about that noise.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from engine.config import Config, SecretMissing
@@ -16,6 +17,7 @@ from engine.model import Workflow
 from engine.render import Renderer, StepResults, environment, slot_name_default
 
 MAX_ARG_LENGTH = 4096
+INTEGER = re.compile(r"[+-]?[0-9]+")
 TRUE_WORDS = {"1", "true", "yes", "on", "t", "y"}
 FALSE_WORDS = {"0", "false", "no", "off", "f", "n", ""}
 
@@ -26,7 +28,8 @@ def bind_params(workflow: Workflow, args: list[str]) -> dict[str, Any]:
     names = " ".join(p.name for p in params)
     problems: list[str] = []
     if len(args) < len(required):
-        problems.append(f"{workflow.name} takes {len(params)} arguments ({names}); got {len(args)}")
+        count = f"{len(required)} to {len(params)}" if len(required) < len(params) else f"{len(params)}"
+        problems.append(f"{workflow.name} takes {count} arguments ({names}); got {len(args)}")
     elif len(args) > len(params) and not workflow.extra_args:
         problems.append(f"{workflow.name} takes at most {len(params)} arguments ({names}); got {len(args)}")
     values: dict[str, Any] = {}
@@ -46,9 +49,9 @@ def bind_params(workflow: Workflow, args: list[str]) -> dict[str, Any]:
             if text == "":
                 values[p.name] = p.default
                 continue
-            try:
+            if INTEGER.fullmatch(text):  # int() alone would also take '1_0' and non-ASCII digits
                 values[p.name] = int(text, 10)
-            except ValueError:
+            else:
                 problems.append(f"argument {i + 1} ({p.name}) must be an integer, got {raw!r}")
         elif p.type == "bool":
             word = raw.strip().lower()
