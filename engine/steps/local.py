@@ -7,12 +7,15 @@ shell-quoted unless marked ``| trusted``.
 
 from __future__ import annotations
 
+import re
 import shlex
 from typing import Any
 
 from engine.errors import StepFailure
 from engine.render import Renderer
 from engine.steps.base import Action, Outcome
+
+JINJA_BLOCK = re.compile(r"{{.*?}}|{%.*?%}|{#.*?#}", re.S)
 
 COMMAND_SCHEMA: dict[str, Any] = {
     "anyOf": [
@@ -58,7 +61,7 @@ class LocalKind:
     def check(self, body: Any, workflow_dir: str) -> list[tuple[tuple[Any, ...], str]]:
         spec = body if isinstance(body, dict) else {"command": body}
         if isinstance(spec["command"], str) and not spec.get("shell"):
-            words = spec["command"]
+            words = JINJA_BLOCK.sub("", spec["command"])  # `{{ x | trusted }}` is not a shell pipe
             if any(c in words for c in "|;&$`<>*"):
                 return [(("command",) if isinstance(body, dict) else (),
                          "a string command with shell syntax needs `shell: true` (or give an argument list)")]
@@ -76,8 +79,9 @@ class LocalKind:
             command = r.shell(raw)
             shown = command
         else:
-            # a plain string without shell: split it first, then render each word on its own
-            command = [r.text(word, "command") for word in shlex.split(raw)]
+            # a plain string without shell: render with every value shell-quoted, then split into words,
+            # so each value stays exactly one word (or part of one) whatever it contains
+            command = shlex.split(r.shell(raw))
             shown = shlex.join(command)
         env = {str(k): r.text(str(v), f"env.{k}") for k, v in (spec.get("env") or {}).items()}
         details = {

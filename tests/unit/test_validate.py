@@ -434,6 +434,10 @@ VALID = [
     ),
     ("loop-variable", HEAD + "  - id: a\n    local: ['{% for x in [1, 2] %}{{ x }}{% endfor %}']\n"),
     (
+        "local-string-with-filter",
+        HEAD + "  - id: a\n    local: 'pg_isready -h {{ host | trusted }} -p 5432'\n",
+    ),
+    (
         "needs-dag",
         HEAD + STEP + "  - id: b\n    local: [y]\n    needs: []\n  - id: c\n    local: [z]\n"
         "    needs: [a, b]\n",
