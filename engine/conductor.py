@@ -27,7 +27,8 @@ class Status(StrEnum):
 
 TRANSITIONS: dict[Status, frozenset[Status]] = {
     Status.PENDING: frozenset({Status.RUNNING, Status.SKIPPED, Status.CANCELLED, Status.DONE}),
-    Status.RUNNING: frozenset({Status.SUCCEEDED, Status.FAILED, Status.CONTINUED, Status.RECOVERED}),
+    # RUNNING -> SKIPPED: `when` is evaluated once the step is picked, and can be false
+    Status.RUNNING: frozenset({Status.SUCCEEDED, Status.SKIPPED, Status.FAILED, Status.CONTINUED, Status.RECOVERED}),
     Status.SUCCEEDED: frozenset(),
     Status.SKIPPED: frozenset(),
     Status.FAILED: frozenset(),

@@ -208,7 +208,7 @@ class Runner:
                 conductor.set(step.id, Status.RUNNING)
                 run = self.execute(step)
                 if run.status == "skipped":
-                    conductor.status[step.id] = Status.SKIPPED
+                    conductor.set(step.id, Status.SKIPPED)
                     continue
                 if run.status == "succeeded":
                     conductor.set(step.id, Status.SUCCEEDED)
