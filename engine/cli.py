@@ -213,13 +213,36 @@ def _hook_argv(name: str, argv: list[str]) -> list[str]:
     return out + [HOOK_NAMES[name]] + rest
 
 
+def _split_run(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """`run [OPTIONS] WORKFLOW ARG...` → (what argparse parses, the hook's arguments untouched).
+
+    argparse drops a `--` that directly follows WORKFLOW, so the hook's arguments never reach it.
+    """
+    if not argv or argv[0] != "run":
+        return argv, None
+    i = 1
+    while i < len(argv):
+        if argv[i] in ("--config", "--set"):
+            i += 2
+        elif argv[i] == "--":
+            return argv[: i + 2], argv[i + 2 :]
+        elif argv[i].startswith("-") and argv[i] != "-":
+            i += 1
+        else:
+            return argv[: i + 1], argv[i + 1 :]
+    return argv, None
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     name = os.path.basename(prog if prog is not None else sys.argv[0])
     if name in HOOK_NAMES:
         argv = _hook_argv(name, argv)
     parser = _parser()
+    argv, hook_args = _split_run(argv)
     opts = parser.parse_args(argv)
+    if hook_args is not None:
+        opts.args = hook_args
     if opts.command is None:
         parser.print_help()
         return EXIT_INVALID

@@ -220,13 +220,14 @@ def load(explicit: str | None = None, overrides: dict[str, Any] | None = None) -
             problems.append(Problem(path, 1, 1, "", "the config must be a YAML mapping of settings"))
         elif isinstance(doc, dict):
             raw = doc
-    if overrides:
-        raw = _merge(raw, overrides)
-    if not problems and raw:
-        from engine.schema import config_schema
-        from engine.validate import schema_problems
+    from engine.schema import config_schema
+    from engine.validate import schema_problems
 
+    if not problems and raw:
         problems = schema_problems(config_schema(), raw, doc, path or "--set")
+    if overrides and not problems:  # checked apart, so a bad --set is not blamed on the file
+        raw = _merge(raw, overrides)
+        problems = schema_problems(config_schema(), raw, None, "--set")
     if problems:
         raise InvalidInput(problems, hint="fix the config file (see docs/configuration.md)")
     data = _merge(DEFAULTS, source.plain(raw))
