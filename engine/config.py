@@ -199,6 +199,27 @@ def _resolve_secrets(spec: dict[str, Any], base_dir: str) -> tuple[dict[str, str
     return values, problems
 
 
+def _slot_rule_problems(rule: str, doc: Any, path: str | None) -> list[Problem]:
+    """The replication_slot rule may only use host, port and node_id (checked now, not at failover time)."""
+    from jinja2 import TemplateSyntaxError
+
+    from engine.render import undeclared
+
+    from_file = isinstance(doc, dict) and doc.get("replication_slot") == rule
+    pos = source.locate(doc, ["replication_slot"]) if from_file else None
+    where = (path or "--set") if from_file else "--set"
+    try:
+        names, _ = undeclared(rule)
+    except TemplateSyntaxError as exc:
+        names, message = set(), f"Jinja2 syntax error: {exc.message}"
+    else:
+        unknown = sorted(names - {"host", "port", "node_id"})
+        message = f"unknown name {unknown[0]!r}: the rule can use host, port and node_id" if unknown else ""
+    if not message:
+        return []
+    return [Problem(where, pos[0] if pos else None, pos[1] if pos else None, "replication_slot", message)]
+
+
 def find_path(explicit: str | None) -> str | None:
     if explicit:
         return explicit
@@ -216,6 +237,8 @@ def load(explicit: str | None = None, overrides: dict[str, Any] | None = None) -
     doc: Any = None
     if path is not None:
         doc, problems = source.load_file(path)
+        # an empty file means "all defaults", like a file of comments only
+        problems = [p for p in problems if not p.message.startswith("file is empty")]
         if doc is not None and not isinstance(doc, dict):
             problems.append(Problem(path, 1, 1, "", "the config must be a YAML mapping of settings"))
         elif isinstance(doc, dict):
@@ -228,6 +251,8 @@ def load(explicit: str | None = None, overrides: dict[str, Any] | None = None) -
     if overrides and not problems:  # checked apart, so a bad --set is not blamed on the file
         raw = _merge(raw, overrides)
         problems = schema_problems(config_schema(), raw, None, "--set")
+    if not problems and isinstance(raw.get("replication_slot"), str):
+        problems = _slot_rule_problems(raw["replication_slot"], doc, path)
     if problems:
         raise InvalidInput(problems, hint="fix the config file (see docs/configuration.md)")
     data = _merge(DEFAULTS, source.plain(raw))

@@ -231,3 +231,48 @@ def test_secret_needs_exactly_one_source(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput) as info:
         config_mod.load(str(p))
     assert f"{p}:2:3: secrets.a: {{'env': 'X', 'value': 'y'}} has too many properties" in info.value.render()
+
+
+@pytest.mark.parametrize("text", ["", "\n", "# everything commented out\n# ssh:\n#   port: 22\n"])
+def test_empty_config_file_means_defaults(tmp_path: Path, text: str) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    cfg = config_mod.load(str(p))
+    assert cfg.path == str(p)
+    assert cfg.data["ssh"] == config_mod.DEFAULTS["ssh"] | {
+        "key_file": str(Path("~/.ssh/id_rsa_pgpool").expanduser()),
+        "known_hosts": str(Path("~/.ssh/known_hosts").expanduser()),
+    }
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        (
+            "'{{ hostname }}'",
+            "2:1: replication_slot: unknown name 'hostname': the rule can use host, port and node_id",
+        ),
+        ("'{{ host '", "2:1: replication_slot: Jinja2 syntax error: unexpected end of template"),
+        ("'slot_{{ config.x }}'", "2:1: replication_slot: unknown name 'config'"),
+    ],
+)
+def test_replication_slot_rule_is_checked_when_the_config_loads(
+    tmp_path: Path, rule: str, message: str
+) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text(f"ssh: {{port: 22}}\nreplication_slot: {rule}\n")
+    with pytest.raises(InvalidInput) as info:
+        config_mod.load(str(p))
+    assert f"error: {p}:{message}" in info.value.render()
+
+
+def test_replication_slot_rule_from_set(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("replication_slot: '{{ host | slot_name }}'\n")
+    assert (
+        config_mod.load(str(p), {"replication_slot": "n{{ node_id }}"}).data["replication_slot"]
+        == "n{{ node_id }}"
+    )
+    with pytest.raises(InvalidInput) as info:
+        config_mod.load(str(p), {"replication_slot": "{{ nod }}"})
+    assert "error: --set: replication_slot: unknown name 'nod'" in info.value.render()
