@@ -249,3 +249,25 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
 
 def wait_port(host: str, port: int, timeout: float = 20) -> None:
     wait_until(lambda: port_open(host, port), timeout, message=f"{host}:{port} to accept connections")
+
+
+def processes_referencing(path: Path) -> list[int]:
+    """PIDs (not ours, not zombies) whose command line or environment mentions ``path``.
+
+    Used to find what a crashed test session left running: every sandbox process names
+    its directory either in argv (postmaster ``-D``, sshd ``-f``) or in the environment
+    (pgpool and everything it forks carry a marker variable).  Postmaster children are
+    not listed; they exit by themselves when their postmaster dies.
+    """
+    needle = str(path).encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            blob = (entry / "cmdline").read_bytes() + b"\0" + (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in blob and pid_alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found

@@ -21,6 +21,7 @@ import contextlib
 import fcntl
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -31,7 +32,7 @@ from typing import Any
 import pytest
 
 from sandbox.app import HookApp, hook_settings, write_hook_config
-from sandbox.osuser import PG_BIN_DIR, SandboxError, make_postgres_dir
+from sandbox.osuser import PG_BIN_DIR, SandboxError, make_postgres_dir, pid_alive, processes_referencing
 from sandbox.pg import DEFAULT_ADDRESSES, PGPOOL_RECOVERY_CONTROL, Cluster, Node
 from sandbox.pgpool import PCP_BIN_DIR, PGPOOL_BIN
 from sandbox.sshd import SFTP_SERVER, SSHD_BIN, Sshd
@@ -48,6 +49,8 @@ PGPOOL_PORT = int(os.environ.get("PGPOOL_HOOK_TEST_PGPOOL_PORT", "19999"))
 PCP_PORT = int(os.environ.get("PGPOOL_HOOK_TEST_PCP_PORT", "19898"))
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+SESSION_PREFIX = "pgpool-hook-test-"
+SESSION_PID_FILE = "session.pid"
 LOCK_FILE = Path(os.environ.get("PGPOOL_HOOK_TEST_LOCK", "/tmp/pgpool-hook-tests.lock"))
 KEEP = os.environ.get("PGPOOL_HOOK_KEEP_SANDBOX", "") not in ("", "0")
 
@@ -66,7 +69,16 @@ SSH_NEEDS = [SSHD_BIN, SFTP_SERVER, Path("/usr/bin/ssh"), Path("/usr/bin/ssh-key
 PGPOOL_NEEDS = [PGPOOL_BIN, PCP_BIN_DIR / "pcp_node_info", PGPOOL_RECOVERY_CONTROL]
 
 
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM/SIGHUP (e.g. ``timeout``, a cancelled CI job) -> KeyboardInterrupt, which
+    pytest answers by tearing fixtures down: no server outlives the session."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) in (signal.SIG_DFL, None):
+            signal.signal(signum, _terminate)
     config.addinivalue_line("markers", "integration: needs root and real PostgreSQL/sshd processes")
     config.addinivalue_line("markers", "e2e: drives a real pgpool through failover/follow/recovery")
 
@@ -117,8 +129,26 @@ def _test_failed(request: pytest.FixtureRequest) -> bool:
 # ---- session-wide --------------------------------------------------------------------
 
 
+def reap_stale_sessions(tmp_root: Path) -> None:
+    """Kill what earlier, crashed sessions left running (their pytest pid is gone).
+
+    Runs under the machine lock, so no live session is using those directories; a live
+    owner pid is still respected in case a pre-lock session is around.
+    """
+    for directory in tmp_root.glob(f"{SESSION_PREFIX}*"):
+        try:
+            owner = int((directory / SESSION_PID_FILE).read_text())
+        except (OSError, ValueError):
+            owner = 0
+        if owner and pid_alive(owner):
+            continue
+        for pid in processes_referencing(directory):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
 @contextlib.contextmanager
-def machine_lock() -> Iterator[None]:
+def machine_lock(announce: Callable[[str], None]) -> Iterator[None]:
     """Serialize test sessions on one machine: they share addresses and ports.
 
     A second session (another checkout, a colleague's run) waits here instead of failing
@@ -138,7 +168,7 @@ def machine_lock() -> Iterator[None]:
                 if not announced:
                     handle.seek(0)
                     holder = handle.read().strip()
-                    sys.stderr.write(f"\nwaiting for another sandbox test session ({holder})...\n")
+                    announce(f"waiting for another sandbox test session ({holder}) to finish...")
                     announced = True
                 time.sleep(1)
         handle.seek(0)
@@ -152,16 +182,25 @@ def machine_lock() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def sandbox_base() -> Iterator[Path]:
+def sandbox_base(request: pytest.FixtureRequest) -> Iterator[Path]:
     """A fresh directory under /tmp owned by postgres, for everything the session builds.
 
     Holding it also holds the machine-wide lock that serializes sandbox test sessions.
     """
     require()
-    with machine_lock():
+
+    def announce(message: str) -> None:
+        capture = request.config.pluginmanager.getplugin("capturemanager")
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            sys.stderr.write(f"\n{message}\n")
+            sys.stderr.flush()
+
+    with machine_lock(announce):
         tmp_root = os.environ.get("PGPOOL_HOOK_TEST_TMP", "/tmp")
-        base = Path(tempfile.mkdtemp(prefix="pgpool-hook-test-", dir=tmp_root))
+        reap_stale_sessions(Path(tmp_root))
+        base = Path(tempfile.mkdtemp(prefix=SESSION_PREFIX, dir=tmp_root))
         make_postgres_dir(base, 0o755)
+        (base / SESSION_PID_FILE).write_text(f"{os.getpid()}\n")
         try:
             yield base
         finally:
