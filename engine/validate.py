@@ -253,6 +253,34 @@ def _make_step(raw: dict[str, Any], index: int, section: str, chk: _Checker, kin
     )
 
 
+def _runs_before(steps: list[Step]) -> dict[str, set[str]]:
+    """For each step, the steps certain to have finished when it starts.
+
+    Its needs, their needs, and so on; plus every step above it whose own needs are all
+    certain to be finished then, because the runner always starts the first ready step in
+    file order.  (A step above may still run later when it needs a step further down.)
+    """
+    by_id = {s.id: s for s in steps}
+    result: dict[str, set[str]] = {}
+    for index, step in enumerate(steps):
+        before: set[str] = set()
+        todo = [d for d in step.needs if d in by_id]
+        while todo:
+            dep = todo.pop()
+            if dep not in before and dep != step.id:
+                before.add(dep)
+                todo.extend(d for d in by_id[dep].needs if d in by_id)
+        grew = True
+        while grew:
+            grew = False
+            for above in steps[:index]:
+                if above.id not in before and all(d in before for d in above.needs):
+                    before.add(above.id)
+                    grew = True
+        result[step.id] = before
+    return result
+
+
 def check_workflow(path: str, doc: Any, problems: list[Problem]) -> Workflow | None:
     """Schema, then semantics; appends to ``problems`` and returns the model when clean."""
     from engine.schema import workflow_schema
@@ -302,7 +330,7 @@ def check_workflow(path: str, doc: Any, problems: list[Problem]) -> Workflow | N
                 handlers[sid] = step
 
     step_ids = {s.id for s in steps}
-    order = {s.id: i for i, s in enumerate(steps)}
+    runs_before = _runs_before(steps)
     for section, collection in (("steps", steps), ("handlers", list(handlers.values()))):
         raws = doc.get(section) or []
         index = {r["id"]: i for i, r in reversed(list(enumerate(raws)))}  # first of duplicate ids
@@ -325,8 +353,8 @@ def check_workflow(path: str, doc: Any, problems: list[Problem]) -> Workflow | N
                         chk.add(here + [field], f"{ref!r} is a step under `steps:`; move it to `handlers:`")
                     else:
                         chk.add(here + [field], _unknown(ref, set(handlers), "handler"))
-            # names visible: everything known, plus results of steps above (any step for handlers)
-            visible = step_ids if step.handler else {s for s in step_ids if order[s] < order[step.id]}
+            # names visible: everything known, plus results of steps certain to have run (any step for handlers)
+            visible = step_ids if step.handler else runs_before[step.id]
             visible = visible | set(handlers) if step.handler else visible
             for key in ("when",):
                 if isinstance(raw_get(doc, here, key), str):

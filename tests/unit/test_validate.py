@@ -245,6 +245,14 @@ BROKEN = [
         [(5, 13, "steps[0].local[0]", "steps.b is not a step that runs before this one")],
     ),
     (
+        "step-above-that-runs-later",
+        HEAD
+        + "  - id: a\n    local: [x]\n    needs: [c]\n"
+        + "  - id: b\n    local: [y]\n"
+        + "  - id: c\n    local: ['{{ steps.a.rc }}']\n    needs: []\n",
+        [(10, 13, "steps[2].local[0]", "steps.a is not a step that runs before this one")],
+    ),
+    (
         "own-result-in-when",
         HEAD + STEP + "    when: steps.a.ok\n",
         [(6, 5, "steps[0].when", "steps.a is not a step that runs before this one")],
@@ -433,6 +441,13 @@ VALID = [
         "  - id: s\n    local: ['{{ b }}']\n",
     ),
     ("loop-variable", HEAD + "  - id: a\n    local: ['{% for x in [1, 2] %}{{ x }}{% endfor %}']\n"),
+    (
+        "needs-and-steps-above",
+        HEAD
+        + "  - id: a\n    local: [x]\n"
+        + "  - id: b\n    local: [y]\n    needs: []\n"
+        + "  - id: c\n    local: ['{{ steps.a.rc }}{{ steps.b.rc }}']\n    needs: [b]\n",
+    ),
     (
         "local-string-with-filter",
         HEAD + "  - id: a\n    local: 'pg_isready -h {{ host | trusted }} -p 5432'\n",
