@@ -28,6 +28,30 @@ def test_masker_masks_longest_first_and_deep() -> None:
     assert m.deep({"k": ["pw", ("x pw",), b"pw"], "n": 1}) == {"k": [MASK, [f"x {MASK}"], MASK], "n": 1}
 
 
+QUOTY = "Xy'Zq\\W $Qv"
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "x {{ pw }}",  # shell-quoted in a command
+        "{{ pw | quote }}",
+        "{{ pw | pgquote }}",
+        "{{ pw | conninfo }}",
+        "primary_conninfo = {{ ('password=' ~ (pw | conninfo)) | pgquote }}",
+        "{{ {'p': pw} }}",  # a Python repr, as in the dry-run's SQL params line
+    ],
+)
+def test_masker_masks_quoted_forms_of_a_secret(template: str) -> None:
+    from engine.render import Renderer
+
+    r = Renderer({"pw": QUOTY})
+    rendered = r.shell(template) if template.startswith("x ") else r.text(template)
+    masked = Masker([QUOTY]).text(rendered)
+    assert MASK in masked
+    assert "Zq" not in masked and "Qv" not in masked
+
+
 def test_journal_writes_json_lines_as_it_goes(tmp_path: Path) -> None:
     j = Journal(str(tmp_path / "state"), "run1", Masker(["hunter2"]))
     j.write("run_started", args=["1", "hunter2"])
