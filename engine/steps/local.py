@@ -60,6 +60,8 @@ class LocalKind:
 
     def check(self, body: Any, workflow_dir: str) -> list[tuple[tuple[Any, ...], str]]:
         spec = body if isinstance(body, dict) else {"command": body}
+        if isinstance(spec["command"], list) and spec.get("shell"):
+            return [(("shell",), "shell: true needs a string command (a list is run without a shell)")]
         if isinstance(spec["command"], str) and not spec.get("shell"):
             words = JINJA_BLOCK.sub("", spec["command"])  # `{{ x | trusted }}` is not a shell pipe
             if any(c in words for c in "|;&$`<>*"):
@@ -69,8 +71,8 @@ class LocalKind:
 
     def plan(self, body: Any, r: Renderer) -> Action:
         spec = body if isinstance(body, dict) else {"command": body}
-        shell = bool(spec.get("shell"))
         raw = spec["command"]
+        shell = bool(spec.get("shell")) and not isinstance(raw, list)  # Popen would run only raw[0]
         command: list[str] | str
         if isinstance(raw, list):
             command = r.argv([str(x) for x in raw])

@@ -311,6 +311,18 @@ BROKEN = [
         ],
     ),
     (
+        "local-list-with-shell",
+        HEAD + "  - id: a\n    local: {command: [echo, hi], shell: true}\n",
+        [
+            (
+                5,
+                35,
+                "steps[0].local.shell",
+                "shell: true needs a string command (a list is run without a shell)",
+            )
+        ],
+    ),
+    (
         "file-line-without-line",
         HEAD + "  - id: a\n    file: {path: /tmp/x, state: line}\n",
         [(5, 5, "steps[0].file", "state: line needs `line`")],
