@@ -210,7 +210,10 @@ class SshPool:
             return f"no answer within the connect timeout of {t:g}s"
         if isinstance(exc, paramiko.SSHException):
             text = str(exc)
-            if "banner" in text.lower() or "timed out" in text.lower() or "timeout" in text.lower():
+            lowered = text.lower()
+            if any(
+                w in lowered for w in ("banner", "timed out", "timeout", "negotiation", "no existing session")
+            ):
                 return f"the host accepted the connection but did not speak SSH within {t:g}s ({text})"
             return f"SSH error: {text}"
         if isinstance(exc, OSError):
@@ -311,14 +314,17 @@ class SshPool:
             while True:
                 drain()
                 now = time.monotonic()
-                if chan.exit_status_ready():
+                # paramiko also reports "ready" (status -1) when the channel dies without one
+                if chan.exit_status_ready() and (chan.exit_status != -1 or transport.is_active()):
                     if exit_seen is None:
                         exit_seen = now
                     if chan.eof_received or chan.closed or now - exit_seen >= EOF_GRACE:
                         drain()
                         finished = True
                         break
-                elif chan.closed or not transport.is_active():
+                elif (
+                    chan.closed or not transport.is_active()
+                ):  # closed without an exit status: connection gone
                     drain()
                     self._drop(key)
                     raise StepFailure(
@@ -372,11 +378,12 @@ class SshPool:
             if not transport.is_active():
                 return
             steps = int(KILL_GRACE / POLL)
+            # `kill -s SIG -- -PGID` is the spelling both dash and bash accept for a process group
             script = (
-                f"kill -TERM -- -{pgid} 2>/dev/null || exit 0\n"
-                f"i=0; while [ $i -lt {steps} ]; do kill -0 -- -{pgid} 2>/dev/null || exit 0; "
+                f"kill -s TERM -- -{pgid} 2>/dev/null || exit 0\n"
+                f"i=0; while [ $i -lt {steps} ]; do kill -s 0 -- -{pgid} 2>/dev/null || exit 0; "
                 f"sleep {POLL}; i=$((i+1)); done\n"
-                f"kill -KILL -- -{pgid} 2>/dev/null; exit 0\n"
+                f"kill -s KILL -- -{pgid} 2>/dev/null; exit 0\n"
             )
             try:
                 killer = transport.open_session(timeout=self.connect_timeout)
