@@ -32,9 +32,16 @@ from typing import Any
 import pytest
 
 from sandbox.app import HookApp, hook_settings, write_hook_config
-from sandbox.osuser import PG_BIN_DIR, SandboxError, make_postgres_dir, pid_alive, processes_referencing
+from sandbox.osuser import (
+    PG_BIN_DIR,
+    SandboxError,
+    make_postgres_dir,
+    pid_alive,
+    processes_referencing,
+    write_file,
+)
 from sandbox.pg import DEFAULT_ADDRESSES, PGPOOL_RECOVERY_CONTROL, Cluster, Node
-from sandbox.pgpool import PCP_BIN_DIR, PGPOOL_BIN
+from sandbox.pgpool import PCP_BIN_DIR, PCP_PASSWORD, PCP_USER, PGPOOL_BIN
 from sandbox.sshd import SFTP_SERVER, SSHD_BIN, Sshd
 from sandbox.stack import PgpoolSandbox
 
@@ -284,13 +291,18 @@ def pg_cluster(sandbox_base: Path) -> Iterator[Cluster]:
 @pytest.fixture
 def hook_config(sandbox_base: Path, sshd: Sshd, hook_app: HookApp) -> Callable[..., Path]:
     """Factory: ``hook_config(passfile=..., **overrides) -> Path`` of a fresh YAML config
-    for step-level tests (ssh/postgres keys point at the session sshd; pcp keys at the
-    default test ports).  Overrides deep-merge; ``None`` deletes a key."""
+    for step-level tests, in its own directory with its own ``state/``.  ssh keys point
+    at the session sshd, pcp at the pgpool_cluster ports; ``passfile`` defaults to a
+    fresh valid pgpass (auth is trust anyway).  Overrides deep-merge; ``None`` deletes
+    a key."""
     from sandbox.app import deep_merge
 
     def make(passfile: Path | None = None, **overrides: Any) -> Path:
         directory = Path(tempfile.mkdtemp(prefix="config-", dir=sandbox_base))
         make_postgres_dir(directory)
+        # valid files behind every path the config names (trust auth: contents are moot)
+        write_file(directory / "pgpass", "*:*:*:repl:repl\n*:*:*:postgres:postgres\n", mode=0o600)
+        write_file(directory / "pcppass", f"*:*:{PCP_USER}:{PCP_PASSWORD}\n", mode=0o600)
         settings = hook_settings(
             workflows_dir=hook_app.workflows_dir,
             state_dir=directory / "state",
