@@ -316,7 +316,7 @@ BROKEN = [
         [
             (
                 5,
-                35,
+                34,
                 "steps[0].local.shell",
                 "shell: true needs a string command (a list is run without a shell)",
             )
