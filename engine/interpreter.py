@@ -115,6 +115,8 @@ class Runner:
         except (RenderError, StepFailure, NeedsRuntime) as exc:
             return self._finish(run, Outcome(ok=False, errored=not isinstance(exc, StepFailure),
                                              message=str(exc)))
+        except Exception as exc:  # a bug in a kind's plan: a failed step (and a rollback), not a crash
+            return self._finish(run, Outcome(ok=False, errored=True, message=f"{type(exc).__name__}: {exc}"))
         kind = self.kinds[step.kind]
         retry = step.retry
         outcome = Outcome(ok=False)

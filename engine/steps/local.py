@@ -64,9 +64,13 @@ class LocalKind:
             return [(("shell",), "shell: true needs a string command (a list is run without a shell)")]
         if isinstance(spec["command"], str) and not spec.get("shell"):
             words = JINJA_BLOCK.sub("", spec["command"])  # `{{ x | trusted }}` is not a shell pipe
+            where = ("command",) if isinstance(body, dict) else ()
             if any(c in words for c in "|;&$`<>*"):
-                return [(("command",) if isinstance(body, dict) else (),
-                         "a string command with shell syntax needs `shell: true` (or give an argument list)")]
+                return [(where, "a string command with shell syntax needs `shell: true` (or give an argument list)")]
+            try:
+                shlex.split(JINJA_BLOCK.sub("x", spec["command"]))
+            except ValueError as exc:
+                return [(where, f"cannot split the command into words: {exc}")]
         return []
 
     def plan(self, body: Any, r: Renderer) -> Action:
@@ -83,7 +87,11 @@ class LocalKind:
         else:
             # a plain string without shell: render with every value shell-quoted, then split into words,
             # so each value stays exactly one word (or part of one) whatever it contains
-            command = shlex.split(r.shell(raw))
+            rendered = r.shell(raw)
+            try:
+                command = shlex.split(rendered)
+            except ValueError as exc:  # e.g. a `| trusted` value with a lone quote
+                raise StepFailure(f"cannot split {rendered!r} into words: {exc}") from None
             shown = shlex.join(command)
         env = {str(k): r.text(str(v), f"env.{k}") for k, v in (spec.get("env") or {}).items()}
         details = {

@@ -79,6 +79,8 @@ class FakeKind:
     def plan(self, body: Any, r: Any) -> Action:
         words = r.argv([str(x) for x in body]) if isinstance(body, list) else [r.text(body, "command")]
         self.plans.append(words[0])
+        if words[0] == "crash":  # a bug in a kind's plan
+            raise KeyError("oops")
         return Action(kind="local", target="local", summary=" ".join(words), details={"name": words[0]})
 
     def apply(self, action: Action, rt: Any, timeout: float | None) -> Outcome:

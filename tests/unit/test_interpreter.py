@@ -246,6 +246,14 @@ def test_a_step_that_failed_to_render_never_started_and_is_not_undone(harness) -
     assert "has no attribute 'nope'" in h.results["b"]["message"]
 
 
+def test_an_unexpected_error_in_plan_fails_the_step_and_rolls_back(harness) -> None:  # type: ignore[no-untyped-def]
+    h = harness(steps(step("a", "undo: ua"), step("crash", "undo: ub")) + UNDOS)
+    result = h.run()
+    assert (result.exit_code, result.status, result.failed_step) == (1, "rolled-back", "crash")
+    assert h.results["crash"]["message"] == "KeyError: 'oops'"
+    assert h.kind.calls == ["a", "ua"]
+
+
 def test_guard_failure_exits_1_without_rollback(harness) -> None:  # type: ignore[no-untyped-def]
     h = harness(
         steps(step("a", "undo: ua"), step("check", "guard: true"), step("c")) + UNDOS, {"check": ["fail"]}

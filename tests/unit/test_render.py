@@ -208,6 +208,12 @@ def test_local_command_without_shell_is_an_argument_vector(command: object, argv
     assert action.details["shell"] is False
 
 
+def test_local_command_that_cannot_be_split_fails_the_step() -> None:
+    with pytest.raises(StepFailure) as info:
+        KINDS["local"].plan("echo {{ v | trusted }}", renderer(v="it's"))
+    assert str(info.value) == 'cannot split "echo it\'s" into words: No closing quotation'
+
+
 def test_local_shell_command_quotes_values() -> None:
     action = KINDS["local"].plan({"command": "echo {{ h }} | wc -c", "shell": True}, renderer(h="$(x)"))
     assert action.details["command"] == "echo '$(x)' | wc -c"

@@ -311,6 +311,11 @@ BROKEN = [
         ],
     ),
     (
+        "local-unbalanced-quote",
+        HEAD + STEP + '  - id: b\n    local: "echo it\'s"\n',
+        [(7, 5, "steps[1].local", "cannot split the command into words: No closing quotation")],
+    ),
+    (
         "local-list-with-shell",
         HEAD + "  - id: a\n    local: {command: [echo, hi], shell: true}\n",
         [
