@@ -314,13 +314,13 @@ def test_schema_prints_json(capsys, which: str) -> None:  # type: ignore[no-unty
     assert doc["title"] == f"pgpool-hook {'workflow' if which == 'workflow' else 'configuration'}"
 
 
-def test_workflow_schema_lists_every_step_kind(capsys) -> None:  # type: ignore[no-untyped-def]
-    run(capsys, ["schema"])
-    doc = json.loads(capsys.readouterr().out or "{}") or None
+def test_workflow_schema_is_the_default_and_lists_every_step_kind(capsys) -> None:  # type: ignore[no-untyped-def]
+    _, default, _ = run(capsys, ["schema"])
     code, out, _ = run(capsys, ["schema", "workflow"])
+    assert (code, default) == (0, out)
     props = json.loads(out)["properties"]["steps"]["items"]["properties"]
     assert {"sql", "ssh", "template", "file", "local", "exit"} <= set(props)
-    assert doc is None  # the first call's output was already read by run()
+    assert {"id", "when", "needs", "retry", "timeout", "on_error", "undo", "guard"} <= set(props)
 
 
 # ---- secrets are masked everywhere ------------------------------------------------------
