@@ -14,6 +14,8 @@ Modules:
     sshd     ``Sshd``: a throw-away OpenSSH server with generated keys
     pgpool   ``Pgpool``: a Pgpool-II 4.3 instance over a ``Cluster``
     app      ``HookApp``: a copy of the engine runnable by ``postgres`` + hook config files
+    stack    ``PgpoolSandbox``: cluster + pgpool + hook config in one object (used by the
+             ``pgpool_cluster`` fixture and by ``python -m sandbox up|down|status``)
 """
 
 from sandbox.osuser import SandboxError, wait_until

@@ -39,7 +39,7 @@ from sandbox.osuser import (
     wait_until,
     write_file,
 )
-from sandbox.pg import SUPERUSER, Cluster
+from sandbox.pg import SUPERUSER, Cluster, Node
 
 PGPOOL_BIN = Path("/usr/sbin/pgpool")
 PCP_BIN_DIR = Path("/usr/sbin")
@@ -417,6 +417,13 @@ class Pgpool:
             timeout,
             message=f"pgpool to see node {node_id} as primary",
         )
+
+
+def install_recovery_scripts(node: Node, recovery_1st_stage_text: str, remote_start_text: str) -> None:
+    """Place executable ``recovery_1st_stage`` and ``pgpool_remote_start`` in ``node``'s
+    PGDATA (pgpool runs them from the primary's PGDATA, by these fixed names)."""
+    write_file(node.pgdata / "recovery_1st_stage", recovery_1st_stage_text, mode=0o755)
+    write_file(node.pgdata / "pgpool_remote_start", remote_start_text, mode=0o755)
 
 
 def settle(seconds: float = 3.0) -> None:
