@@ -23,6 +23,10 @@ POSTGRES_USER = "postgres"
 PG_BIN_DIR = Path("/usr/lib/postgresql/15/bin")
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
 
+# set in pgpool's environment; every pgpool child and hook inherits it, which is how
+# stragglers are found (pgpool children rewrite their argv, follow children setsid)
+PGPOOL_MARKER_ENV = "PGPOOL_HOOK_SANDBOX_PGPOOL"
+
 T = TypeVar("T")
 
 
@@ -252,22 +256,26 @@ def wait_port(host: str, port: int, timeout: float = 20) -> None:
 
 
 def processes_referencing(path: Path) -> list[int]:
-    """PIDs (not ours, not zombies) whose command line or environment mentions ``path``.
+    """PIDs (not ours, not zombies) started for a sandbox directory ``path``.
 
     Used to find what a crashed test session left running: every sandbox process names
-    its directory either in argv (postmaster ``-D``, sshd ``-f``) or in the environment
-    (pgpool and everything it forks carry a marker variable).  Postmaster children are
-    not listed; they exit by themselves when their postmaster dies.
+    its directory either in argv (postmaster ``-D``, sshd ``-f``) or in the pgpool marker
+    variable (pgpool and everything it forks).  Other environment variables are not
+    looked at (a shell whose PWD is in there is not ours).  Postmaster children are not
+    listed; they exit by themselves when their postmaster dies.
     """
     needle = str(path).encode()
+    marker = f"{PGPOOL_MARKER_ENV}=".encode()
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            blob = (entry / "cmdline").read_bytes() + b"\0" + (entry / "environ").read_bytes()
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if needle in blob and pid_alive(int(entry.name)):
+        marked = any(e.startswith(marker) and needle in e for e in environ)
+        if (needle in cmdline or marked) and pid_alive(int(entry.name)):
             found.append(int(entry.name))
     return found

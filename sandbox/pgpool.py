@@ -27,6 +27,7 @@ import psycopg
 
 from sandbox.osuser import (
     PG_BIN_DIR,
+    PGPOOL_MARKER_ENV,
     SandboxError,
     base_env,
     make_postgres_dir,
@@ -47,9 +48,7 @@ DEFAULT_PGPOOL_PORT = 19999
 DEFAULT_PCP_PORT = 19898
 PCP_USER = "pgpool"
 PCP_PASSWORD = "pgpool-sandbox"
-# set in pgpool's environment; every pgpool child and hook inherits it, which is how
-# stop() finds stragglers (pgpool children rewrite their argv, follow children setsid)
-MARKER_ENV = "PGPOOL_HOOK_SANDBOX_PGPOOL"
+MARKER_ENV = PGPOOL_MARKER_ENV
 
 T = TypeVar("T")
 
