@@ -132,6 +132,9 @@ class _Checker:
         src = render.strip_braces(text) if expression else text
         try:
             names, steps = render.undeclared(src, expression=expression)
+        except RecursionError:
+            self.add(path, "Jinja2 expression nested too deeply")
+            return
         except TemplateSyntaxError as exc:
             pos = locate(self.doc, path)
             line = pos[0] if pos else None
@@ -415,6 +418,9 @@ def _check_template_file(chk: _Checker, path: list[Any], text: str | None, label
         return
     try:
         names, steps = render.undeclared(text)
+    except RecursionError:
+        chk.problems.append(Problem(label, None, None, "", "Jinja2 expression nested too deeply"))
+        return
     except TemplateSyntaxError as exc:
         chk.problems.append(Problem(label, exc.lineno, None, "", f"Jinja2 syntax error: {exc.message}"))
         return

@@ -525,3 +525,10 @@ def test_resolve_workflow_name(tmp_path) -> None:  # type: ignore[no-untyped-def
     with pytest.raises(InvalidInput) as info:
         validate.resolve_workflow_path("failovr", str(tmp_path))
     assert f"no workflow named 'failovr' in {tmp_path} (did you mean 'failover'?)" in info.value.render()
+
+
+def test_deeply_nested_expression_is_a_problem_not_a_crash(write) -> None:  # type: ignore[no-untyped-def]
+    path = write(HEAD + "  - id: a\n    when: '" + "(" * 3000 + "1" + ")" * 3000 + "'\n    exit: 0\n")
+    assert [(p.line, p.path, p.message) for p in problems_of(path)] == [
+        (5, "steps[0].when", "Jinja2 expression nested too deeply")
+    ]
