@@ -260,6 +260,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     except Interrupted as exc:
         print(f"error: interrupted by {exc} before the run started; nothing was changed", file=sys.stderr)
         return EXIT_FAILED
+    except BrokenPipeError:  # `--dry-run | head`: the reader left; not an error worth a message
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit-time flush is quiet
+        return EXIT_FAILED
     except Exception as exc:  # a bug: say so plainly; the traceback only on request
         if os.environ.get("PGPOOL_HOOK_DEBUG"):
             raise

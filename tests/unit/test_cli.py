@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -355,3 +357,15 @@ def test_secret_never_appears_in_stderr_journal_or_dry_run(site, capsys) -> None
     assert "stderr| ********" in err
     assert SECRET not in err + out + journal
     assert "********" in journal
+
+
+def test_output_to_a_closed_pipe_is_not_an_internal_error() -> None:
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine", "schema"], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # like `| head` that already left
+    err = proc.stderr.read().decode()
+    assert proc.wait(30) == 1
+    assert err == ""
