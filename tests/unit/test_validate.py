@@ -155,6 +155,11 @@ BROKEN = [
         [(10, 5, "handlers[0].needs", "handlers run on demand; `needs` only applies under `steps:`")],
     ),
     (
+        "exit-as-handler",
+        HEAD + STEP + "    on_error: stop\nhandlers:\n  - id: stop\n    exit: {code: 0}\n",
+        [(9, 5, "handlers[0].exit", "an exit step cannot be a handler: it would not end the run")],
+    ),
+    (
         "undo-unknown",
         HEAD + STEP + "    undo: restor\nhandlers:\n  - id: restore\n    local: [y]\n",
         [(6, 5, "steps[0].undo", "unknown handler 'restor' (did you mean 'restore'?)")],
