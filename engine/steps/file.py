@@ -3,6 +3,8 @@
 States: ``present`` and ``touch`` (e.g. ``standby.signal``), ``absent``,
 ``line`` (exactly one line matching ``regexp``: replace the first match, drop
 the others, or append — e.g. one ``include_if_exists`` line, ``port = 5433``),
+``line_absent`` (drop every line matching ``regexp``, e.g. a ``primary_conninfo``
+that pg_rewind copied into ``postgresql.auto.conf``),
 and ``empty`` (remove a directory's contents, refusing empty, relative, ``/``
 and system paths).  Local, or on ``host`` over SFTP.
 """
@@ -17,7 +19,7 @@ from engine.render import Renderer
 from engine.steps.base import Action, Outcome
 from engine.steps.paths import MODE_SCHEMA, checked_path, guard_tree, parse_mode
 
-STATES = ("present", "touch", "absent", "line", "empty")
+STATES = ("present", "touch", "absent", "line", "line_absent", "empty")
 
 
 class FileKind:
@@ -45,8 +47,10 @@ class FileKind:
         out: list[tuple[tuple[Any, ...], str]] = []
         if state == "line" and "line" not in body:
             out.append(((), "state: line needs `line`"))
-        if state != "line" and ("line" in body or "regexp" in body):
-            out.append(((), "`line` and `regexp` only apply to state: line"))
+        if state == "line_absent" and ("regexp" not in body or "line" in body):
+            out.append(((), "state: line_absent needs `regexp` (and no `line`)"))
+        if state not in ("line", "line_absent") and ("line" in body or "regexp" in body):
+            out.append(((), "`line` and `regexp` only apply to state: line or line_absent"))
         if "regexp" in body:
             try:
                 re.compile(body["regexp"])
@@ -68,6 +72,10 @@ class FileKind:
             summary = f"ensure line {details['line']!r} in {path}"
             text = [f"{target}:{path}: exactly one line {details['line']!r}"
                     + (f" (replacing lines matching /{details['regexp']}/)" if details["regexp"] else "")]
+        elif state == "line_absent":
+            details["regexp"] = r.text(body["regexp"], "regexp")
+            summary = f"remove lines matching /{details['regexp']}/ from {path}"
+            text = [f"{target}:{path}: no line matching /{details['regexp']}/"]
         elif state == "empty":
             guard_tree(path)
             summary = f"remove everything inside {path}"
@@ -132,6 +140,21 @@ class FileKind:
             fs.write_atomic(path, new.encode("utf-8"), d["mode"])
             out = Outcome(ok=True, data={"changed": True}, changed=True, message="line set")
             out.undo_state = ("content", old) if old is not None else ("absent",)
+            return out
+        if state == "line_absent":
+            old = fs.read(path)
+            if old is None:
+                return Outcome(ok=True, data={"changed": False, "removed": 0}, message="no such file")
+            text = old.decode("utf-8", "replace")
+            pattern = re.compile(d["regexp"])
+            kept = [ln for ln in text.splitlines() if not pattern.search(ln)]
+            removed = len(text.splitlines()) - len(kept)
+            if not removed:
+                return Outcome(ok=True, data={"changed": False, "removed": 0}, message="no matching line")
+            fs.write_atomic(path, ("\n".join(kept) + "\n" if kept else "").encode("utf-8"), d["mode"])
+            out = Outcome(ok=True, data={"changed": True, "removed": removed}, changed=True,
+                          message=f"removed {removed} line(s)")
+            out.undo_state = ("content", old)
             return out
         # empty
         guard_tree(path)
