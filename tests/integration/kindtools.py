@@ -44,6 +44,13 @@ class KindRunner:
     def apply(self, kind: str, body: Any, timeout: float | None = 20, **variables: Any) -> Outcome:
         return KINDS[kind].apply(self.plan(kind, body, **variables), self.rt, timeout)
 
+    def run(
+        self, kind: str, body: Any, timeout: float | None = 20, **variables: Any
+    ) -> tuple[Action, Outcome]:
+        """Plan and apply; returns both, for a later ``revert``."""
+        action = self.plan(kind, body, **variables)
+        return action, KINDS[kind].apply(action, self.rt, timeout)
+
     def fail(self, kind: str, body: Any, timeout: float | None = 20, **variables: Any) -> StepFailure:
         with pytest.raises(StepFailure) as info:
             self.apply(kind, body, timeout, **variables)
