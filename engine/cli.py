@@ -53,49 +53,70 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser(
-        "run", help="run a workflow with pgpool's arguments",
+        "run",
+        help="run a workflow with pgpool's arguments",
         description="Run WORKFLOW (a name in the workflows folder, or a path) with the arguments pgpool passes. "
-                    "Everything after WORKFLOW is passed through untouched, including -1 and empty strings.",
+        "Everything after WORKFLOW is passed through untouched, including -1 and empty strings.",
         epilog="example: pgpool-hook run --dry-run remote_start 10.0.0.2 /var/lib/postgresql/15/main",
     )
     _add_run_options(run)
     run.add_argument("workflow", help="workflow name or path")
-    run.add_argument("args", nargs=argparse.REMAINDER, help="the hook's arguments, exactly as pgpool gives them")
+    run.add_argument(
+        "args", nargs=argparse.REMAINDER, help="the hook's arguments, exactly as pgpool gives them"
+    )
 
     val = sub.add_parser(
-        "validate", help="check workflows and config without running anything",
+        "validate",
+        help="check workflows and config without running anything",
         description="Check YAML syntax, the schema and the semantics (ids, needs cycles, undo and fallback "
-                    "references, Jinja2 syntax and undefined variables). Reports every error as "
-                    "file:line:column and exits 2 if there is any.",
+        "references, Jinja2 syntax and undefined variables). Reports every error as "
+        "file:line:column and exits 2 if there is any.",
         epilog="example: pgpool-hook validate workflows/follow_primary.yaml",
     )
-    val.add_argument("--config", help="config file (default: $PGPOOL_HOOK_CONFIG or /etc/pgpool2/pgpool-hook.yaml)")
-    val.add_argument("files", nargs="*", help="workflow files (default: every workflow in the workflows folder)")
+    val.add_argument(
+        "--config", help="config file (default: $PGPOOL_HOOK_CONFIG or /etc/pgpool2/pgpool-hook.yaml)"
+    )
+    val.add_argument(
+        "files", nargs="*", help="workflow files (default: every workflow in the workflows folder)"
+    )
 
     ins = sub.add_parser(
-        "install", help="write the recovery shims into PGDATA and print the pgpool.conf lines",
+        "install",
+        help="write the recovery shims into PGDATA and print the pgpool.conf lines",
         description="Write executable recovery_1st_stage and pgpool_remote_start files into the primary's "
-                    "PGDATA (pgpool only runs files with these names there) and print the failover_command, "
-                    "follow_primary_command and recovery_1st_stage_command lines. Safe to run again.",
+        "PGDATA (pgpool only runs files with these names there) and print the failover_command, "
+        "follow_primary_command and recovery_1st_stage_command lines. Safe to run again.",
         epilog="example: pgpool-hook install --pgdata /var/lib/postgresql/15/main "
-               "--config /etc/pgpool2/pgpool-hook.yaml",
+        "--config /etc/pgpool2/pgpool-hook.yaml",
     )
     ins.add_argument("--pgdata", required=True, help="the primary's data directory")
     ins.add_argument("--config", help="config file the hooks should use")
     ins.add_argument("--runner", help="command that starts pgpool-hook (default: this program)")
 
-    sch = sub.add_parser("schema", help="print the JSON Schema of workflows or of the config",
-                         epilog="example: pgpool-hook schema workflow > workflow.schema.json")
+    sch = sub.add_parser(
+        "schema",
+        help="print the JSON Schema of workflows or of the config",
+        epilog="example: pgpool-hook schema workflow > workflow.schema.json",
+    )
     sch.add_argument("which", nargs="?", choices=["workflow", "config"], default="workflow")
     return p
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="config file (default: $PGPOOL_HOOK_CONFIG or /etc/pgpool2/pgpool-hook.yaml)")
-    p.add_argument("--dry-run", action="store_true", help="show what would run; connect to nothing, change nothing")
+    p.add_argument(
+        "--config", help="config file (default: $PGPOOL_HOOK_CONFIG or /etc/pgpool2/pgpool-hook.yaml)"
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="show what would run; connect to nothing, change nothing"
+    )
     p.add_argument("--diff", action="store_true", help="with --dry-run: read existing files and show a diff")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key for this run, e.g. --set vars.promote_timeout=120")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key for this run, e.g. --set vars.promote_timeout=120",
+    )
 
 
 def _install_signal_handlers() -> None:
@@ -119,12 +140,15 @@ def cmd_run(opts: argparse.Namespace) -> int:
     from engine.steps import KINDS
 
     overrides = config_mod.parse_set(opts.set)
-    cfg = config_mod.load(opts.config, overrides)
+    cfg = config_mod.load(opts.config, overrides, remember=not opts.dry_run)
     name = opts.workflow
     if name in HOOK_NAMES and not os.path.exists(name):
         name = HOOK_NAMES[name]  # `run pgpool_remote_start` means the remote_start workflow
     path = validate.resolve_workflow_path(name, cfg.workflows_dir)
-    workflow = validate.load_workflow(path)
+    # a real run remembers what validated; a dry-run writes nothing at all
+    workflow = validate.load_workflow(
+        path, cache_dir=None if opts.dry_run else os.path.join(cfg.state_dir, "cache")
+    )
     params = context.bind_params(workflow, list(opts.args))
     masker = Masker(cfg.mask_values())
     run_id = uuid.uuid4().hex[:12]
@@ -266,6 +290,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     except Exception as exc:  # a bug: say so plainly; the traceback only on request
         if os.environ.get("PGPOOL_HOOK_DEBUG"):
             raise
-        print(f"internal error: {type(exc).__name__}: {exc} (set PGPOOL_HOOK_DEBUG=1 for a traceback)",
-              file=sys.stderr)
+        print(
+            f"internal error: {type(exc).__name__}: {exc} (set PGPOOL_HOOK_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
         return EXIT_FAILED

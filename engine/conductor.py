@@ -28,7 +28,9 @@ class Status(StrEnum):
 TRANSITIONS: dict[Status, frozenset[Status]] = {
     Status.PENDING: frozenset({Status.RUNNING, Status.SKIPPED, Status.CANCELLED, Status.DONE}),
     # RUNNING -> SKIPPED: `when` is evaluated once the step is picked, and can be false
-    Status.RUNNING: frozenset({Status.SUCCEEDED, Status.SKIPPED, Status.FAILED, Status.CONTINUED, Status.RECOVERED}),
+    Status.RUNNING: frozenset(
+        {Status.SUCCEEDED, Status.SKIPPED, Status.FAILED, Status.CONTINUED, Status.RECOVERED}
+    ),
     Status.SUCCEEDED: frozenset(),
     Status.SKIPPED: frozenset(),
     Status.FAILED: frozenset(),
@@ -63,7 +65,8 @@ class Conductor:
         if self.stopped is not None:
             return []
         return [
-            s for s in self.steps
+            s
+            for s in self.steps
             if self.status[s.id] is Status.PENDING and all(self.status.get(d) in SATISFIED for d in s.needs)
         ]
 

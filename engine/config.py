@@ -61,7 +61,13 @@ DEFAULTS: dict[str, Any] = {
         "known_hosts": "~/.ssh/known_hosts",
         "connect_timeout": 10,
     },
-    "pcp": {"host": "localhost", "port": 9898, "user": "pgpool", "bin_dir": "/usr/sbin", "passfile": "~/.pcppass"},
+    "pcp": {
+        "host": "localhost",
+        "port": 9898,
+        "user": "pgpool",
+        "bin_dir": "/usr/sbin",
+        "passfile": "~/.pcppass",
+    },
     "replication_slot": "{{ host | slot_name }}",
     "secrets": {},
     "vars": {},
@@ -70,9 +76,17 @@ DEFAULTS: dict[str, Any] = {
 
 
 # paths that may start with ~ (the hook user's home); expanded once, so templates see real paths
-PATH_KEYS = (("", "workflows_dir"), ("", "state_dir"), ("postgres", "passfile"), ("postgres", "conf_file"),
-             ("ssh", "key_file"), ("ssh", "known_hosts"), ("pcp", "passfile"), ("pcp", "bin_dir"),
-             ("postgres", "bin_dir"))
+PATH_KEYS = (
+    ("", "workflows_dir"),
+    ("", "state_dir"),
+    ("postgres", "passfile"),
+    ("postgres", "conf_file"),
+    ("ssh", "key_file"),
+    ("ssh", "known_hosts"),
+    ("pcp", "passfile"),
+    ("pcp", "bin_dir"),
+    ("postgres", "bin_dir"),
+)
 
 
 class SecretMissing(str):
@@ -232,7 +246,47 @@ def find_path(explicit: str | None) -> str | None:
     return DEFAULT_PATH if os.path.exists(DEFAULT_PATH) else None
 
 
-def load(explicit: str | None = None, overrides: dict[str, Any] | None = None) -> Config:
+def _checked_marker(path: str | None, raw: dict[str, Any], overrides: dict[str, Any] | None) -> str | None:
+    """A file in state_dir/cache whose existence says: this exact config passed the checks.
+
+    Checking the config needs jsonschema and Jinja2, which cost more than a short
+    hook run; the config changes rarely, so a passing check is remembered by hash.
+    """
+    import hashlib
+    import json
+
+    from engine.cache import engine_fingerprint
+
+    try:
+        with open(path, "rb") if path else open(os.devnull, "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    state_dir = (overrides or {}).get("state_dir") or raw.get("state_dir")
+    state_dir = os.path.expanduser(str(state_dir)) if state_dir else _default_state_dir()
+    key = hashlib.sha256(
+        b"%s\0%s\0%s"
+        % (
+            engine_fingerprint().encode(),
+            data,
+            json.dumps(overrides or {}, sort_keys=True, default=str).encode(),
+        )
+    ).hexdigest()[:32]
+    return os.path.join(state_dir, "cache", f"config-{key}.ok")
+
+
+def _touch(marker: str) -> None:
+    try:
+        os.makedirs(os.path.dirname(marker), mode=0o700, exist_ok=True)
+        with open(marker, "w"):
+            pass
+    except OSError:
+        pass
+
+
+def load(
+    explicit: str | None = None, overrides: dict[str, Any] | None = None, *, remember: bool = False
+) -> Config:
     """Load, check and merge the config; raises InvalidInput with every problem found."""
     path = find_path(explicit)
     raw: dict[str, Any] = {}
@@ -246,16 +300,22 @@ def load(explicit: str | None = None, overrides: dict[str, Any] | None = None) -
             problems.append(Problem(path, 1, 1, "", "the config must be a YAML mapping of settings"))
         elif isinstance(doc, dict):
             raw = doc
-    from engine.schema import config_schema
-    from engine.validate import schema_problems
+    marker = _checked_marker(path, raw, overrides) if not problems and (raw or overrides) else None
+    if marker is not None and os.path.exists(marker):
+        raw = _merge(raw, overrides) if overrides else raw  # this exact input passed the checks before
+    elif not problems:
+        from engine.schema import config_schema
+        from engine.validate import schema_problems
 
-    if not problems and raw:
-        problems = schema_problems(config_schema(), raw, doc, path or "--set")
-    if overrides and not problems:  # checked apart, so a bad --set is not blamed on the file
-        raw = _merge(raw, overrides)
-        problems = schema_problems(config_schema(), raw, None, "--set")
-    if not problems and isinstance(raw.get("replication_slot"), str):
-        problems = _slot_rule_problems(raw["replication_slot"], doc, path)
+        if raw:
+            problems = schema_problems(config_schema(), raw, doc, path or "--set")
+        if overrides and not problems:  # checked apart, so a bad --set is not blamed on the file
+            raw = _merge(raw, overrides)
+            problems = schema_problems(config_schema(), raw, None, "--set")
+        if not problems and isinstance(raw.get("replication_slot"), str):
+            problems = _slot_rule_problems(raw["replication_slot"], doc, path)
+        if not problems and marker is not None and remember:
+            _touch(marker)
     if problems:
         raise InvalidInput(problems, hint="fix the config file (see docs/configuration.md)")
     data = _merge(DEFAULTS, source.plain(raw))

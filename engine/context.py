@@ -64,9 +64,11 @@ def bind_params(workflow: Workflow, args: list[str]) -> dict[str, Any]:
         else:
             values[p.name] = raw
     if problems:
-        raise InvalidInput([Problem("<arguments>", None, None, "", m) for m in problems],
-                           hint=f"usage: pgpool-hook run {workflow.name} {names}")
-    values["extra_args"] = list(args[len(params):])
+        raise InvalidInput(
+            [Problem("<arguments>", None, None, "", m) for m in problems],
+            hint=f"usage: pgpool-hook run {workflow.name} {names}",
+        )
+    values["extra_args"] = list(args[len(params) :])
     return values
 
 
@@ -88,8 +90,15 @@ class SecretsView(dict):  # type: ignore[type-arg]
         return self[key]
 
 
-def build(workflow: Workflow, config: Config, params: dict[str, Any], *, dry_run: bool,
-          results: dict[str, dict[str, Any]] | None = None, run_id: str = "") -> tuple[dict[str, Any], Renderer]:
+def build(
+    workflow: Workflow,
+    config: Config,
+    params: dict[str, Any],
+    *,
+    dry_run: bool,
+    results: dict[str, dict[str, Any]] | None = None,
+    run_id: str = "",
+) -> tuple[dict[str, Any], Renderer]:
     """The expression context and a renderer over it; vars rendered in order."""
     slot_rule = config.data.get("replication_slot") or "{{ host | slot_name }}"
 
@@ -116,8 +125,11 @@ def build(workflow: Workflow, config: Config, params: dict[str, Any], *, dry_run
         try:
             ctx[name] = vr.value(source, f"vars.{name}")
         except NeedsRuntime as exc:
-            raise RenderError(f"vars.{name} cannot use step results ({exc.ref})", file=workflow.path,
-                              line=workflow.var_lines.get(name)) from None
+            raise RenderError(
+                f"vars.{name} cannot use step results ({exc.ref})",
+                file=workflow.path,
+                line=workflow.var_lines.get(name),
+            ) from None
         if isinstance(ctx[name], SecretMissing):
             raise RenderError(f"vars.{name}: a secret is missing")
     return ctx, r

@@ -67,7 +67,9 @@ class InvalidInput(HookError):
 class RenderError(HookError):
     """A Jinja2 expression failed at run time; names the step and field."""
 
-    def __init__(self, message: str, *, file: str = "", line: int | None = None, step: str = "", field: str = ""):
+    def __init__(
+        self, message: str, *, file: str = "", line: int | None = None, step: str = "", field: str = ""
+    ):
         self.file, self.line, self.step, self.field = file, line, step, field
         where = f"{file}:{line}: " if file and line else (f"{file}: " if file else "")
         what = f"step {step!r}" if step else ""

@@ -22,8 +22,12 @@ SHIMS = {"recovery_1st_stage": "recovery_1st_stage", "pgpool_remote_start": "rem
 def default_runner() -> list[str]:
     """How to call this very program again from a shell script."""
     argv0 = sys.argv[0]
-    if argv0 and os.path.basename(argv0) not in ("__main__.py", "-m", "-c") and os.path.isfile(argv0) \
-            and os.access(argv0, os.X_OK):
+    if (
+        argv0
+        and os.path.basename(argv0) not in ("__main__.py", "-m", "-c")
+        and os.path.isfile(argv0)
+        and os.access(argv0, os.X_OK)
+    ):
         return [os.path.abspath(argv0)]
     return [sys.executable, "-m", "engine"]
 
@@ -34,7 +38,7 @@ def shim_text(runner: list[str], config: str | None, workflow: str) -> str:
         "#!/bin/sh\n"
         "# Written by `pgpool-hook install`. pgpool runs this file by its name from the\n"
         "# primary's PGDATA; it hands the fixed arguments to the pgpool-hook workflow.\n"
-        f"exec {shlex.join(runner)} run{cfg} {workflow} \"$@\"\n"
+        f'exec {shlex.join(runner)} run{cfg} {workflow} "$@"\n'
     )
 
 
@@ -74,6 +78,9 @@ def install(pgdata: str, config: str | None, runner: list[str] | None = None, ou
     print("\nPut these lines in pgpool.conf (then reload pgpool):", file=out)
     for line in pgpool_conf_lines(runner, config):
         print(f"  {line}", file=out)
-    print("\nOnline recovery also needs, on the primary: "
-          "psql template1 -c 'CREATE EXTENSION IF NOT EXISTS pgpool_recovery'", file=out)
+    print(
+        "\nOnline recovery also needs, on the primary: "
+        "psql template1 -c 'CREATE EXTENSION IF NOT EXISTS pgpool_recovery'",
+        file=out,
+    )
     return 0

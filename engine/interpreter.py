@@ -65,9 +65,19 @@ class RunResult:
 
 
 class Runner:
-    def __init__(self, workflow: Workflow, renderer: Renderer, results: dict[str, dict[str, Any]],
-                 runtime: Any, logger: Any, journal: Any, kinds: dict[str, Any], *,
-                 clock: Clock | None = None, done: set[str] | None = None):
+    def __init__(
+        self,
+        workflow: Workflow,
+        renderer: Renderer,
+        results: dict[str, dict[str, Any]],
+        runtime: Any,
+        logger: Any,
+        journal: Any,
+        kinds: dict[str, Any],
+        *,
+        clock: Clock | None = None,
+        done: set[str] | None = None,
+    ):
         self.wf = workflow
         self.r = renderer
         self.results = results  # the same dict the renderer's `steps` view reads
@@ -113,8 +123,9 @@ class Runner:
                 return run
             run.action = self.kinds[step.kind].plan(step.body, r)
         except (RenderError, StepFailure, NeedsRuntime) as exc:
-            return self._finish(run, Outcome(ok=False, errored=not isinstance(exc, StepFailure),
-                                             message=str(exc)))
+            return self._finish(
+                run, Outcome(ok=False, errored=not isinstance(exc, StepFailure), message=str(exc))
+            )
         except Exception as exc:  # a bug in a kind's plan: a failed step (and a rollback), not a crash
             return self._finish(run, Outcome(ok=False, errored=True, message=f"{type(exc).__name__}: {exc}"))
         kind = self.kinds[step.kind]
@@ -128,7 +139,9 @@ class Runner:
                 wait = retry.delay_before(attempt)
                 remaining = self._remaining()
                 if phase != "undo" and remaining is not None and remaining <= wait:
-                    outcome = Outcome(ok=False, message=f"{outcome.message}; run deadline reached before retry")
+                    outcome = Outcome(
+                        ok=False, message=f"{outcome.message}; run deadline reached before retry"
+                    )
                     break
                 self.clock.sleep(wait)
             timeout = self._attempt_timeout(step, phase)
@@ -154,13 +167,25 @@ class Runner:
                     outcome = Outcome(ok=False, errored=True, data=outcome.data, message=str(exc))
                     met = None
                 if met is not None and not met:
-                    outcome = Outcome(ok=False, data=outcome.data, changed=outcome.changed,
-                                      message=f"until ({retry.until}) not yet true")
+                    outcome = Outcome(
+                        ok=False,
+                        data=outcome.data,
+                        changed=outcome.changed,
+                        message=f"until ({retry.until}) not yet true",
+                    )
             state = "ok" if outcome.ok else ("errored" if outcome.errored else "failed")
             elapsed = self.clock.now() - t0
             self.log.event(state, f"{outcome.message} ({elapsed:.2f}s)".strip())
-            self.journal.write("attempt", step=step.id, phase=phase, attempt=attempt, outcome=state,
-                               message=outcome.message, duration=round(elapsed, 3), timed_out=outcome.timed_out)
+            self.journal.write(
+                "attempt",
+                step=step.id,
+                phase=phase,
+                attempt=attempt,
+                outcome=state,
+                message=outcome.message,
+                duration=round(elapsed, 3),
+                timed_out=outcome.timed_out,
+            )
             if outcome.ok:
                 break
         return self._finish(run, outcome)
@@ -171,17 +196,30 @@ class Runner:
         run.duration = self.clock.now() - run.started
         run.message = outcome.message
         run.status = "succeeded" if outcome.ok else "failed"
-        data = {**outcome.data, "ok": outcome.ok, "status": run.status, "message": outcome.message,
-                "attempts": run.attempts, "changed": outcome.changed or bool(outcome.data.get("changed"))}
+        data = {
+            **outcome.data,
+            "ok": outcome.ok,
+            "status": run.status,
+            "message": outcome.message,
+            "attempts": run.attempts,
+            "changed": outcome.changed or bool(outcome.data.get("changed")),
+        }
         self._record(step, data)
         if run.action is not None:
             self.completed.append(run)
         if not outcome.ok and run.action is None:
             self.log.event("errored", outcome.message)
         self.journal.write(
-            "step", step=step.id, phase=phase_of(run), status=run.status, attempts=run.attempts,
-            duration=round(run.duration, 3), message=outcome.message, errored=outcome.errored,
-            action=_action_record(run.action), result=_result_record(outcome.data),
+            "step",
+            step=step.id,
+            phase=phase_of(run),
+            status=run.status,
+            attempts=run.attempts,
+            duration=round(run.duration, 3),
+            message=outcome.message,
+            errored=outcome.errored,
+            action=_action_record(run.action),
+            result=_result_record(outcome.data),
         )
         return run
 
@@ -202,8 +240,12 @@ class Runner:
                 step = ready[0]
                 remaining = self._remaining()
                 if remaining is not None and remaining <= 0:
-                    failed = StepRun(step=step, phase="main", status="failed",
-                                     message=f"run deadline of {self.wf.deadline:g}s reached before this step")
+                    failed = StepRun(
+                        step=step,
+                        phase="main",
+                        status="failed",
+                        message=f"run deadline of {self.wf.deadline:g}s reached before this step",
+                    )
                     self.log.event("failed", failed.message, step=step.id)
                     conductor.stop("deadline")
                     break
@@ -250,13 +292,16 @@ class Runner:
                 return False
         return True
 
-    def _conclude(self, failed: StepRun | None, exited: tuple[int, str, bool] | None,
-                  interrupted: bool) -> RunResult:
+    def _conclude(
+        self, failed: StepRun | None, exited: tuple[int, str, bool] | None, interrupted: bool
+    ) -> RunResult:
         if exited is not None:
             code, message, rollback = exited
             complete = self.rollback() if rollback else True
             self.log.event("exit", f"code {code}" + (f": {message}" if message else ""), step="")
-            return RunResult(code if complete or code else EXIT_ROLLBACK_INCOMPLETE, "exited", message, self.runs)
+            return RunResult(
+                code if complete or code else EXIT_ROLLBACK_INCOMPLETE, "exited", message, self.runs
+            )
         if failed is None and not interrupted:
             return RunResult(EXIT_OK, "succeeded", "all steps done", self.runs)
         name = failed.step.id if failed else None
@@ -267,14 +312,22 @@ class Runner:
         complete = self.rollback()
         what = "interrupted" if interrupted else f"step {name} failed: {failed.message if failed else ''}"
         if complete:
-            return RunResult(EXIT_FAILED, "interrupted" if interrupted else "rolled-back",
-                             f"{what}; rolled back", self.runs, name)
-        return RunResult(EXIT_ROLLBACK_INCOMPLETE, "rollback-incomplete", f"{what}; rollback INCOMPLETE",
-                         self.runs, name)
+            return RunResult(
+                EXIT_FAILED,
+                "interrupted" if interrupted else "rolled-back",
+                f"{what}; rolled back",
+                self.runs,
+                name,
+            )
+        return RunResult(
+            EXIT_ROLLBACK_INCOMPLETE, "rollback-incomplete", f"{what}; rollback INCOMPLETE", self.runs, name
+        )
 
     def rollback(self) -> bool:
         """Compensate every started step, newest first; True when every compensation succeeded."""
-        todo = [run for run in reversed(self.completed) if run.phase != "undo" and self._has_compensation(run)]
+        todo = [
+            run for run in reversed(self.completed) if run.phase != "undo" and self._has_compensation(run)
+        ]
         if not todo:
             return True
         self.log.event("rollback", f"undoing {len(todo)} step(s)", step="")
@@ -283,8 +336,13 @@ class Runner:
         for run in todo:
             kind = self.kinds[run.step.kind]
             revert = getattr(kind, "revert", None)
-            if revert is not None and run.outcome is not None and run.outcome.changed and run.action is not None \
-                    and run.action.details.get("revert", True):
+            if (
+                revert is not None
+                and run.outcome is not None
+                and run.outcome.changed
+                and run.action is not None
+                and run.action.details.get("revert", True)
+            ):
                 try:
                     res = revert(run.action, run.outcome, self.rt, run.step.timeout or DEFAULT_TIMEOUT)
                 except Exception as exc:
@@ -308,8 +366,13 @@ class Runner:
         if run.step.undo:
             return True
         has_revert = getattr(self.kinds[run.step.kind], "revert", None) is not None
-        return bool(has_revert and run.outcome and run.outcome.changed and run.action
-                    and run.action.details.get("revert", True))
+        return bool(
+            has_revert
+            and run.outcome
+            and run.outcome.changed
+            and run.action
+            and run.action.details.get("revert", True)
+        )
 
 
 def phase_of(run: StepRun) -> str:
@@ -319,7 +382,12 @@ def phase_of(run: StepRun) -> str:
 def _action_record(action: Action | None) -> dict[str, Any] | None:
     if action is None:
         return None
-    return {"kind": action.kind, "target": action.target, "summary": action.summary, "text": action.text[:200]}
+    return {
+        "kind": action.kind,
+        "target": action.target,
+        "summary": action.summary,
+        "text": action.text[:200],
+    }
 
 
 def _result_record(data: dict[str, Any]) -> dict[str, Any]:

@@ -20,8 +20,9 @@ def _now() -> str:
 
 
 class Logger:
-    def __init__(self, workflow: str, run_id: str, masker: Masker, stream: TextIO | None = None,
-                 quiet: bool = False):
+    def __init__(
+        self, workflow: str, run_id: str, masker: Masker, stream: TextIO | None = None, quiet: bool = False
+    ):
         self.workflow = workflow
         self.run_id = run_id
         self.masker = masker
@@ -39,7 +40,9 @@ class Logger:
         except (OSError, ValueError):  # pgpool may have closed our stderr; the journal still records
             pass
 
-    def event(self, outcome: str, message: str = "", *, step: str | None = None, attempt: int | None = None) -> None:
+    def event(
+        self, outcome: str, message: str = "", *, step: str | None = None, attempt: int | None = None
+    ) -> None:
         if step is None:
             step = self.step
             attempt = attempt if attempt is not None else self.attempt

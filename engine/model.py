@@ -87,3 +87,26 @@ class Workflow:
 
     def all_steps(self) -> list[Step]:
         return list(self.steps) + list(self.handlers.values())
+
+
+def _step_from_dict(d: dict[str, Any]) -> Step:
+    d = dict(d)
+    d["retry"] = Retry(**d["retry"])
+    for key in ("needs", "fallbacks", "undo"):
+        d[key] = tuple(d[key])
+    return Step(**d)
+
+
+def workflow_to_dict(wf: Workflow) -> dict[str, Any]:
+    """Plain data for the validation cache (JSON: nothing executable is ever loaded)."""
+    from dataclasses import asdict
+
+    return asdict(wf)
+
+
+def workflow_from_dict(d: dict[str, Any]) -> Workflow:
+    d = dict(d)
+    d["params"] = tuple(Param(**p) for p in d["params"])
+    d["steps"] = tuple(_step_from_dict(s) for s in d["steps"])
+    d["handlers"] = {k: _step_from_dict(s) for k, s in d["handlers"].items()}
+    return Workflow(**d)

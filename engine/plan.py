@@ -31,8 +31,15 @@ class PlannedStep:
 def _colour(enabled: bool) -> dict[str, str]:
     if not enabled:
         return {k: "" for k in ("bold", "dim", "green", "yellow", "red", "cyan", "reset")}
-    return {"bold": "\033[1m", "dim": "\033[2m", "green": "\033[32m", "yellow": "\033[33m", "red": "\033[31m",
-            "cyan": "\033[36m", "reset": "\033[0m"}
+    return {
+        "bold": "\033[1m",
+        "dim": "\033[2m",
+        "green": "\033[32m",
+        "yellow": "\033[33m",
+        "red": "\033[31m",
+        "cyan": "\033[36m",
+        "reset": "\033[0m",
+    }
 
 
 def plan_step(step: Step, r: Renderer, kinds: dict[str, Any], rt: Any = None) -> PlannedStep:
@@ -42,15 +49,22 @@ def plan_step(step: Step, r: Renderer, kinds: dict[str, Any], rt: Any = None) ->
         try:
             condition = "true" if r.expr(step.when, "when") else "false"
         except NeedsRuntime as exc:
-            condition = f"depends on {exc.ref.split('.')[0]}.{exc.ref.split('.')[1]}" if "." in exc.ref else "depends"
+            condition = (
+                f"depends on {exc.ref.split('.')[0]}.{exc.ref.split('.')[1]}" if "." in exc.ref else "depends"
+            )
         except RenderError as exc:
             return PlannedStep(step, "error", error=str(exc))
     kind = kinds[step.kind]
     try:
         action = kind.plan(step.body, r)
     except NeedsRuntime as exc:
-        return PlannedStep(step, condition, lines=[f"(rendered at run time: uses {exc.ref})"],
-                           summary="depends on a runtime result", changes=step.kind not in ("exit",))
+        return PlannedStep(
+            step,
+            condition,
+            lines=[f"(rendered at run time: uses {exc.ref})"],
+            summary="depends on a runtime result",
+            changes=step.kind not in ("exit",),
+        )
     except (RenderError, StepFailure) as exc:
         return PlannedStep(step, condition, error=str(exc))
     lines = list(action.text)
@@ -61,13 +75,26 @@ def plan_step(step: Step, r: Renderer, kinds: dict[str, Any], rt: Any = None) ->
             lines = [action.text[0]] + (d or ["(no change)"]) if d is not None else lines
         except Exception as exc:  # read-only look-up failed: say so, show the content instead
             lines.append(f"(diff unavailable: {type(exc).__name__}: {exc})")
-    return PlannedStep(step, condition, lines=lines, summary=action.summary,
-                       changes=step.kind not in ("exit",) and condition != "false",
-                       ends_run=step.kind == "exit" and condition in ("true", "always"))
+    return PlannedStep(
+        step,
+        condition,
+        lines=lines,
+        summary=action.summary,
+        changes=step.kind not in ("exit",) and condition != "false",
+        ends_run=step.kind == "exit" and condition in ("true", "always"),
+    )
 
 
-def dry_run(workflow: Workflow, r: Renderer, kinds: dict[str, Any], masker: Any, out: Any = None,
-            colour: bool | None = None, rt: Any = None, params: dict[str, Any] | None = None) -> int:
+def dry_run(
+    workflow: Workflow,
+    r: Renderer,
+    kinds: dict[str, Any],
+    masker: Any,
+    out: Any = None,
+    colour: bool | None = None,
+    rt: Any = None,
+    params: dict[str, Any] | None = None,
+) -> int:
     out = out or sys.stdout
     if colour is None:
         colour = hasattr(out, "isatty") and out.isatty()
@@ -103,14 +130,18 @@ def dry_run(workflow: Workflow, r: Renderer, kinds: dict[str, Any], masker: Any,
             write(f"    {line}")
         extras = []
         if step.retry.attempts > 1:
-            extras.append(f"retry {step.retry.attempts}x every {step.retry.delay:g}s"
-                          + (f" ×{step.retry.backoff:g}" if step.retry.backoff != 1 else "")
-                          + (f" until {step.retry.until}" if step.retry.until else ""))
+            extras.append(
+                f"retry {step.retry.attempts}x every {step.retry.delay:g}s"
+                + (f" ×{step.retry.backoff:g}" if step.retry.backoff != 1 else "")
+                + (f" until {step.retry.until}" if step.retry.until else "")
+            )
         if step.timeout:
             extras.append(f"timeout {step.timeout:g}s")
         if step.on_error != "fail":
-            extras.append("on error: " + ("continue" if step.on_error == "continue" else
-                                          "fallback " + ", ".join(step.fallbacks)))
+            extras.append(
+                "on error: "
+                + ("continue" if step.on_error == "continue" else "fallback " + ", ".join(step.fallbacks))
+            )
         if step.undo:
             extras.append("undo: " + ", ".join(step.undo))
         if step.guard:
@@ -126,8 +157,10 @@ def dry_run(workflow: Workflow, r: Renderer, kinds: dict[str, Any], masker: Any,
         write(f"{c['bold']}handlers (run only as undo or fallback){c['reset']}")
         for hid, step in workflow.handlers.items():
             planned = plan_step(step, r, kinds, rt)
-            write(f"  {c['yellow']}{hid} ({step.kind}){c['reset']}" + (
-                f" when {step.when} → {planned.condition}" if step.when is not None else ""))
+            write(
+                f"  {c['yellow']}{hid} ({step.kind}){c['reset']}"
+                + (f" when {step.when} → {planned.condition}" if step.when is not None else "")
+            )
             if planned.error:
                 write(f"    {c['red']}error: {planned.error}{c['reset']}")
                 errors += 1
@@ -137,6 +170,9 @@ def dry_run(workflow: Workflow, r: Renderer, kinds: dict[str, Any], masker: Any,
     if errors:
         write(f"{c['red']}{errors} step(s) could not be rendered for these arguments{c['reset']}")
         return 1
-    write(f"{c['bold']}would run {would_run} step(s)" + (" and then exit early" if ended else "") +
-          f"; nothing was changed{c['reset']}")
+    write(
+        f"{c['bold']}would run {would_run} step(s)"
+        + (" and then exit early" if ended else "")
+        + f"; nothing was changed{c['reset']}"
+    )
     return 0

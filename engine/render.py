@@ -14,10 +14,10 @@ import os
 import re
 import shlex
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jinja2 import StrictUndefined, TemplateError, nodes
-from jinja2.sandbox import SandboxedEnvironment
+if TYPE_CHECKING:  # jinja2 costs ~25 ms to import: only runs that render anything pay for it
+    from jinja2.sandbox import SandboxedEnvironment
 
 from engine.errors import NeedsRuntime, RenderError
 
@@ -106,6 +106,9 @@ class StepResults(Mapping[str, Any]):
 
 
 def _make_env(shell: bool) -> SandboxedEnvironment:
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import SandboxedEnvironment
+
     env = SandboxedEnvironment(
         undefined=StrictUndefined,
         autoescape=False,
@@ -146,13 +149,24 @@ def strip_braces(expr: str) -> str:
     return text
 
 
-BUILTIN_NAMES = frozenset({"config", "secrets", "steps", "params", "workflow", "run_id", "dry_run",
-                           "replication_slot", "extra_args"})
+BUILTIN_NAMES = frozenset(
+    {
+        "config",
+        "secrets",
+        "steps",
+        "params",
+        "workflow",
+        "run_id",
+        "dry_run",
+        "replication_slot",
+        "extra_args",
+    }
+)
 
 
 def undeclared(source: str, expression: bool = False) -> tuple[set[str], set[str]]:
     """Names a template reads without defining, and the step ids it reads via ``steps.X``."""
-    from jinja2 import meta
+    from jinja2 import meta, nodes
 
     env = environment()
     ast = env.parse("{{ (" + source + ") }}" if expression else source)
@@ -172,8 +186,15 @@ def undeclared(source: str, expression: bool = False) -> tuple[set[str], set[str
 class Renderer:
     """Renders one step's fields against the run's context."""
 
-    def __init__(self, context: dict[str, Any], *, step: str = "", file: str = "", line: int | None = None,
-                 base_dir: str = ""):
+    def __init__(
+        self,
+        context: dict[str, Any],
+        *,
+        step: str = "",
+        file: str = "",
+        line: int | None = None,
+        base_dir: str = "",
+    ):
         self.context = context
         self.step, self.file, self.line = step, file, line
         self.base_dir = base_dir
@@ -191,17 +212,27 @@ class Renderer:
             with open(path, encoding="utf-8") as fh:
                 text = fh.read()
         except OSError as exc:
-            raise RenderError(f"cannot read template {path}: {exc.strerror or exc}", file=self.file,
-                              line=self.line, step=self.step, field=field) from None
+            raise RenderError(
+                f"cannot read template {path}: {exc.strerror or exc}",
+                file=self.file,
+                line=self.line,
+                step=self.step,
+                field=field,
+            ) from None
         try:
             return environment().from_string(text).render(self.context)
         except NeedsRuntime:
             raise
-        except TemplateError as exc:
+        except Exception as exc:  # any failure inside a template is the template's error
             lineno = getattr(exc, "lineno", None)
             where = f"{path}:{lineno}: " if lineno else f"{path}: "
-            raise RenderError(where + (getattr(exc, "message", None) or str(exc)), file=self.file,
-                              line=self.line, step=self.step, field=field) from None
+            raise RenderError(
+                where + (getattr(exc, "message", None) or str(exc)),
+                file=self.file,
+                line=self.line,
+                step=self.step,
+                field=field,
+            ) from None
 
     def _error(self, exc: Exception, field: str) -> RenderError:
         msg = getattr(exc, "message", None) or str(exc)
@@ -220,7 +251,9 @@ class Renderer:
             return tmpl.render(self.context)
         except NeedsRuntime:
             raise
-        except (TemplateError, ArithmeticError, TypeError, ValueError, KeyError, AttributeError) as exc:
+        except RenderError:
+            raise
+        except Exception as exc:  # any failure inside an expression is the expression's error
             raise self._error(exc, field) from None
 
     def shell(self, source: Any, field: str = "command") -> str:
@@ -240,12 +273,16 @@ class Renderer:
                 )
             ctx = self.context if not extra else {**self.context, **extra}
             value = fn(ctx)
+            from jinja2 import StrictUndefined
+
             if isinstance(value, StrictUndefined):
                 str(value)  # raises UndefinedError with the variable's name
             return value
         except NeedsRuntime:
             raise
-        except (TemplateError, ArithmeticError, TypeError, ValueError, KeyError, AttributeError) as exc:
+        except RenderError:
+            raise
+        except Exception as exc:  # any failure inside an expression is the expression's error
             raise self._error(exc, field) from None
 
     def value(self, source: Any, field: str = "") -> Any:

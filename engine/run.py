@@ -23,9 +23,20 @@ from engine.model import Workflow
 from engine.runtime import Runtime
 
 
-def execute(workflow: Workflow, cfg: Config, params: dict[str, Any], masker: Masker, run_id: str,
-            argv: list[str], *, kinds: dict[str, Any] | None = None, clock: Clock | None = None,
-            done: set[str] | None = None, stream: Any = None, resumed_from: str | None = None) -> int:
+def execute(
+    workflow: Workflow,
+    cfg: Config,
+    params: dict[str, Any],
+    masker: Masker,
+    run_id: str,
+    argv: list[str],
+    *,
+    kinds: dict[str, Any] | None = None,
+    clock: Clock | None = None,
+    done: set[str] | None = None,
+    stream: Any = None,
+    resumed_from: str | None = None,
+) -> int:
     from engine.steps import KINDS
 
     kinds = kinds or KINDS
@@ -47,9 +58,17 @@ def execute(workflow: Workflow, cfg: Config, params: dict[str, Any], masker: Mas
             logger.event("invalid", str(exc))
             return 2
     start = time.time()
-    journal.write("run_started", workflow=workflow.name, path=os.path.abspath(workflow.path), args=argv,
-                  params={k: v for k, v in params.items()}, pid=os.getpid(), lock=lock_name,
-                  done=sorted(done or ()), resumed_from=resumed_from)
+    journal.write(
+        "run_started",
+        workflow=workflow.name,
+        path=os.path.abspath(workflow.path),
+        args=argv,
+        params={k: v for k, v in params.items()},
+        pid=os.getpid(),
+        lock=lock_name,
+        done=sorted(done or ()),
+        resumed_from=resumed_from,
+    )
     logger.event("started", f"args: {' '.join(repr(a) for a in argv)}")
     lock = RunLock(cfg.state_dir, lock_name)
     rt = Runtime(cfg, logger)
@@ -57,12 +76,21 @@ def execute(workflow: Workflow, cfg: Config, params: dict[str, Any], masker: Mas
     try:
         timeout = workflow.lock_timeout or float(cfg.data.get("lock_timeout", 120))
         try:
-            waited = lock.acquire(timeout, on_wait=lambda: logger.event(
-                "waiting", f"another run holds lock {lock_name!r}; waiting up to {timeout:g}s"))
+            waited = lock.acquire(
+                timeout,
+                on_wait=lambda: logger.event(
+                    "waiting", f"another run holds lock {lock_name!r}; waiting up to {timeout:g}s"
+                ),
+            )
         except LockTimeout as exc:
             logger.event("failed", str(exc))
-            journal.write("run_finished", status="lock-timeout", exit_code=EXIT_FAILED, message=str(exc),
-                          duration=round(time.time() - start, 3))
+            journal.write(
+                "run_finished",
+                status="lock-timeout",
+                exit_code=EXIT_FAILED,
+                message=str(exc),
+                duration=round(time.time() - start, 3),
+            )
             return EXIT_FAILED
         if waited > 0.2:
             logger.event("locked", f"got lock {lock_name!r} after waiting {waited:.1f}s")
@@ -73,11 +101,18 @@ def execute(workflow: Workflow, cfg: Config, params: dict[str, Any], masker: Mas
         lock.release()
         if result is not None:
             duration = time.time() - start
-            journal.write("run_finished", status=result.status, exit_code=result.exit_code, message=result.message,
-                          failed_step=result.failed_step, duration=round(duration, 3))
+            journal.write(
+                "run_finished",
+                status=result.status,
+                exit_code=result.exit_code,
+                message=result.message,
+                failed_step=result.failed_step,
+                duration=round(duration, 3),
+            )
             logger.event(
                 "finished",
-                f"{result.status} exit={result.exit_code} in {duration:.2f}s: {result.message}", step="",
+                f"{result.status} exit={result.exit_code} in {duration:.2f}s: {result.message}",
+                step="",
                 attempt=0,
             )
         journal.close()

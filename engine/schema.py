@@ -34,7 +34,11 @@ COMMON_STEP_PROPERTIES: dict[str, Any] = {
             "delay": {"type": "number", "minimum": 0},
             "backoff": {"type": "number", "minimum": 1},
             "max_delay": {"type": "number", "minimum": 0},
-            "until": {"type": "string", "minLength": 1, "description": "Poll until this is true (uses `result`)."},
+            "until": {
+                "type": "string",
+                "minLength": 1,
+                "description": "Poll until this is true (uses `result`).",
+            },
         },
     },
     "timeout": {**DURATION, "description": "Seconds per attempt; the step is stopped when it runs longer."},
@@ -47,7 +51,10 @@ COMMON_STEP_PROPERTIES: dict[str, Any] = {
         "description": "`fail` (default), `continue` (warn only) or handler id(s) to run instead.",
     },
     "undo": {**_IDS, "description": "Handler id(s) that compensate this step on rollback."},
-    "guard": {"type": "boolean", "description": "A check before anything changes: failure ends the run, no rollback."},
+    "guard": {
+        "type": "boolean",
+        "description": "A check before anything changes: failure ends the run, no rollback.",
+    },
 }
 
 
@@ -96,9 +103,15 @@ def workflow_schema() -> dict[str, Any]:
             "params": {"type": "array", "items": param},
             "vars": {"type": "object", "propertyNames": {"pattern": ID_PATTERN}},
             "deadline": {**DURATION, "description": "Seconds for the whole run, rollback excluded."},
-            "lock": {"type": "string", "description": "Jinja2 text naming the lock (default: workflow name)."},
+            "lock": {
+                "type": "string",
+                "description": "Jinja2 text naming the lock (default: workflow name).",
+            },
             "lock_timeout": {"type": "number", "minimum": 0},
-            "extra_args": {"type": "boolean", "description": "Accept arguments beyond `params` (default true)."},
+            "extra_args": {
+                "type": "boolean",
+                "description": "Accept arguments beyond `params` (default true).",
+            },
             "steps": {"type": "array", "minItems": 1, "items": step},
             "handlers": {"type": "array", "items": step},
         },

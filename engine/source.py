@@ -69,7 +69,12 @@ class _Loader(_BaseLoader):  # type: ignore[misc,valid-type]
             if key in result.key_pos:
                 first = result.key_pos[key][0]
                 self.problems.append(
-                    Problem(self.filename, *_pos(key_node), str(key), f"duplicate key (first defined at line {first})")
+                    Problem(
+                        self.filename,
+                        *_pos(key_node),
+                        str(key),
+                        f"duplicate key (first defined at line {first})",
+                    )
                 )
                 continue
             result.key_pos[key] = _pos(key_node)

@@ -17,7 +17,9 @@ from engine.errors import InvalidInput, Problem
 from engine.model import Param, Retry, Step, Workflow
 from engine.source import locate, path_text
 
-JINJA_GLOBALS = frozenset({"range", "dict", "lipsum", "cycler", "joiner", "namespace", "true", "false", "none"})
+JINJA_GLOBALS = frozenset(
+    {"range", "dict", "lipsum", "cycler", "joiner", "namespace", "true", "false", "none"}
+)
 
 
 def _describe_type(value: Any) -> str:
@@ -65,8 +67,15 @@ def _friendly(error: Any) -> tuple[list[Any], str]:
     if validator in ("anyOf", "oneOf"):
         desc = schema.get("description")
         return path, f"invalid value {inst!r}" + (f": {desc}" if desc else "")
-    if validator in ("minimum", "exclusiveMinimum", "maximum", "minItems", "minLength", "minProperties",
-                     "maxProperties"):
+    if validator in (
+        "minimum",
+        "exclusiveMinimum",
+        "maximum",
+        "minItems",
+        "minLength",
+        "minProperties",
+        "maxProperties",
+    ):
         return path, f"{error.message}"
     return path, error.message
 
@@ -77,8 +86,11 @@ def _mismatch(error: Any) -> bool:
         return True
     if error.validator == "enum" and not error.relative_path:
         return not any(type(v) is type(error.instance) for v in error.validator_value)
-    return error.validator in ("anyOf", "oneOf") and not error.relative_path and all(
-        _mismatch(e) for e in error.context)
+    return (
+        error.validator in ("anyOf", "oneOf")
+        and not error.relative_path
+        and all(_mismatch(e) for e in error.context)
+    )
 
 
 def _specific(error: Any) -> list[Any]:
@@ -86,7 +98,9 @@ def _specific(error: Any) -> list[Any]:
     if error.validator not in ("anyOf", "oneOf") or not error.context:
         return [error]
     relevant = [e for e in error.context if not _mismatch(e)]
-    if len({e.schema_path[0] for e in relevant}) != 1:  # none or several alternatives fit: say what is allowed
+    if (
+        len({e.schema_path[0] for e in relevant}) != 1
+    ):  # none or several alternatives fit: say what is allowed
         return [error]
     return [x for e in relevant for x in _specific(e)]
 
@@ -106,7 +120,9 @@ def schema_problems(schema: dict[str, Any], data: Any, doc: Any, filename: str) 
             continue
         seen.add(key)
         pos = locate(doc, path) if doc is not None else None
-        problems.append(Problem(filename, pos[0] if pos else None, pos[1] if pos else None, path_text(path), message))
+        problems.append(
+            Problem(filename, pos[0] if pos else None, pos[1] if pos else None, path_text(path), message)
+        )
     return problems
 
 
@@ -118,14 +134,17 @@ class _Checker:
 
     def add(self, path: list[Any], message: str) -> None:
         pos = locate(self.doc, path)
-        self.problems.append(Problem(self.file, pos[0] if pos else None, pos[1] if pos else None, path_text(path), message))
+        self.problems.append(
+            Problem(self.file, pos[0] if pos else None, pos[1] if pos else None, path_text(path), message)
+        )
 
     def line_of(self, path: list[Any]) -> int:
         pos = locate(self.doc, path)
         return pos[0] if pos else 0
 
-    def jinja(self, text: str, path: list[Any], known: set[str], step_ids: set[str] | None,
-              expression: bool = False) -> None:
+    def jinja(
+        self, text: str, path: list[Any], known: set[str], step_ids: set[str] | None, expression: bool = False
+    ) -> None:
         """Syntax and undefined-name checks of one template string or expression."""
         from jinja2 import TemplateSyntaxError
 
@@ -140,13 +159,27 @@ class _Checker:
             line = pos[0] if pos else None
             if line is not None and exc.lineno and "\n" in text:
                 line += exc.lineno
-            self.problems.append(Problem(self.file, line, None if "\n" in text else (pos[1] if pos else None),
-                                         path_text(path), f"Jinja2 syntax error: {exc.message}"))
+            self.problems.append(
+                Problem(
+                    self.file,
+                    line,
+                    None if "\n" in text else (pos[1] if pos else None),
+                    path_text(path),
+                    f"Jinja2 syntax error: {exc.message}",
+                )
+            )
             return
         for name in sorted(names - known - JINJA_GLOBALS):
             hint = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.7)
-            self.add(path, f"undefined variable {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else
-                     " (not a param, var, config key or step result)"))
+            self.add(
+                path,
+                f"undefined variable {name!r}"
+                + (
+                    f" (did you mean {hint[0]!r}?)"
+                    if hint
+                    else " (not a param, var, config key or step result)"
+                ),
+            )
         if step_ids is not None:
             for sid in sorted(steps - step_ids):
                 self.add(path, f"steps.{sid} is not a step that runs before this one")
@@ -180,7 +213,7 @@ def _find_cycle(deps: dict[str, tuple[str, ...]]) -> list[str] | None:
             if dep not in deps:
                 continue
             if state.get(dep) == 1:
-                return stack[stack.index(dep):] + [dep]
+                return stack[stack.index(dep) :] + [dep]
             if dep not in state:
                 found = visit(dep)
                 if found:
@@ -205,8 +238,13 @@ def _build_params(doc: Any, chk: _Checker) -> tuple[Param, ...]:
             param = Param(name=p)
         else:
             has_default = "default" in p
-            param = Param(name=p["name"], type=p.get("type", "str"), default=p.get("default"),
-                          required=not has_default, description=p.get("description", ""))
+            param = Param(
+                name=p["name"],
+                type=p.get("type", "str"),
+                default=p.get("default"),
+                required=not has_default,
+                description=p.get("description", ""),
+            )
         if param.name in seen:
             chk.add(["params", i], f"duplicate param {param.name!r}")
         if param.name in render.BUILTIN_NAMES:
@@ -216,15 +254,19 @@ def _build_params(doc: Any, chk: _Checker) -> tuple[Param, ...]:
     return tuple(params)
 
 
-def _make_step(raw: dict[str, Any], index: int, section: str, chk: _Checker, kinds: dict[str, Any],
-               previous: str | None) -> Step | None:
+def _make_step(
+    raw: dict[str, Any], index: int, section: str, chk: _Checker, kinds: dict[str, Any], previous: str | None
+) -> Step | None:
     here = [section, index]
     present = [k for k in kinds if k in raw]
     if not present:
         chk.add(here, f"step {raw.get('id', '?')!r} has no kind: add one of {', '.join(kinds)}")
         return None
     if len(present) > 1:
-        chk.add(here + [present[1]], f"step {raw.get('id', '?')!r} has more than one kind ({' and '.join(present)})")
+        chk.add(
+            here + [present[1]],
+            f"step {raw.get('id', '?')!r} has more than one kind ({' and '.join(present)})",
+        )
         return None
     kind = present[0]
     r = raw.get("retry") or {}
@@ -245,8 +287,13 @@ def _make_step(raw: dict[str, Any], index: int, section: str, chk: _Checker, kin
         when=raw.get("when"),
         needs=_ids(needs) if explicit else ((previous,) if previous else ()),
         explicit_needs=explicit,
-        retry=Retry(attempts=r.get("attempts", 1), delay=r.get("delay", 1.0), backoff=r.get("backoff", 1.0),
-                    max_delay=r.get("max_delay"), until=r.get("until")),
+        retry=Retry(
+            attempts=r.get("attempts", 1),
+            delay=r.get("delay", 1.0),
+            backoff=r.get("backoff", 1.0),
+            max_delay=r.get("max_delay"),
+            until=r.get("until"),
+        ),
         timeout=raw.get("timeout"),
         on_error=on_error,
         fallbacks=fallbacks,
@@ -294,7 +341,9 @@ def check_workflow(path: str, doc: Any, problems: list[Problem]) -> Workflow | N
             problems.append(Problem(path, 1, 1, "", "no content (only comments?): expected a YAML mapping"))
         return None
     if not isinstance(doc, dict):
-        problems.append(Problem(path, 1, 1, "", f"a workflow must be a YAML mapping, got {_describe_type(doc)}"))
+        problems.append(
+            Problem(path, 1, 1, "", f"a workflow must be a YAML mapping, got {_describe_type(doc)}")
+        )
         return None
     problems.extend(schema_problems(workflow_schema(), doc, doc, path))
     if problems:
@@ -366,7 +415,9 @@ def check_workflow(path: str, doc: Any, problems: list[Problem]) -> Workflow | N
                     chk.jinja(raw_get(doc, here, key), here + [key], known, visible, expression=True)
             until = raw_get(doc, here + ["retry"], "until")
             if isinstance(until, str):
-                chk.jinja(until, here + ["retry", "until"], known | {"result"}, visible | {step.id}, expression=True)
+                chk.jinja(
+                    until, here + ["retry", "until"], known | {"result"}, visible | {step.id}, expression=True
+                )
             kind = KINDS[step.kind]
             body_path = here + [step.kind]
             for text, p in _strings(raw_get(doc, here, step.kind), body_path):
@@ -411,8 +462,9 @@ def check_workflow(path: str, doc: Any, problems: list[Problem]) -> Workflow | N
     )
 
 
-def _check_template_file(chk: _Checker, path: list[Any], text: str | None, label: str, known: set[str],
-                         visible: set[str]) -> None:
+def _check_template_file(
+    chk: _Checker, path: list[Any], text: str | None, label: str, known: set[str], visible: set[str]
+) -> None:
     from jinja2 import TemplateSyntaxError
 
     if text is None:
@@ -427,10 +479,19 @@ def _check_template_file(chk: _Checker, path: list[Any], text: str | None, label
         chk.problems.append(Problem(label, exc.lineno, None, "", f"Jinja2 syntax error: {exc.message}"))
         return
     for name in sorted(names - known - JINJA_GLOBALS):
-        chk.problems.append(Problem(label, None, None, "", f"undefined variable {name!r} (used by {path_text(path)} "
-                                    f"at {chk.file}:{chk.line_of(path)})"))
+        chk.problems.append(
+            Problem(
+                label,
+                None,
+                None,
+                "",
+                f"undefined variable {name!r} (used by {path_text(path)} at {chk.file}:{chk.line_of(path)})",
+            )
+        )
     for sid in sorted(steps - visible):
-        chk.problems.append(Problem(label, None, None, "", f"steps.{sid} is not a step that runs before this one"))
+        chk.problems.append(
+            Problem(label, None, None, "", f"steps.{sid} is not a step that runs before this one")
+        )
 
 
 def raw_get(doc: Any, path: list[Any], key: str) -> Any:
@@ -448,13 +509,44 @@ def _unknown(ref: str, candidates: set[str], what: str) -> str:
     return f"unknown {what} {ref!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
 
 
-def load_workflow(path: str) -> Workflow:
-    """Read and fully check one workflow file; raise InvalidInput listing every problem."""
+def load_workflow(path: str, cache_dir: str | None = None) -> Workflow:
+    """Read and fully check one workflow file; raise InvalidInput listing every problem.
+
+    With ``cache_dir``, a file whose exact content (and templates, and engine code)
+    already validated is not checked again: see :mod:`engine.cache`.
+    """
+    data: bytes | None = None
+    if cache_dir is not None:
+        from engine import cache
+
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read(source.MAX_BYTES + 1)
+        except OSError:
+            data = None
+        if data is not None:
+            cached = cache.lookup(cache_dir, path, data)
+            if cached is not None:
+                return cached
     doc, problems = source.load_file(path)
     workflow = check_workflow(path, doc, problems) if not problems else None
     if problems or workflow is None:
-        raise InvalidInput(problems or [Problem(path, None, None, "", "invalid workflow")],
-                           hint="run `pgpool-hook validate FILE` after editing")
+        raise InvalidInput(
+            problems or [Problem(path, None, None, "", "invalid workflow")],
+            hint="run `pgpool-hook validate FILE` after editing",
+        )
+    if cache_dir is not None and data is not None:
+        from engine import cache
+        from engine.steps import KINDS
+
+        deps: list[str] = []
+        for step in workflow.all_steps():
+            sources = getattr(KINDS[step.kind], "template_sources", None)
+            if sources is not None:
+                deps.extend(
+                    label for _, text, label in sources(step.body, workflow.directory) if text is not None
+                )
+        cache.store(cache_dir, path, data, workflow, deps)
     return workflow
 
 
@@ -466,8 +558,11 @@ def resolve_workflow_path(name: str, workflows_dir: str) -> str:
         candidate = os.path.join(workflows_dir, name + ext)
         if os.path.exists(candidate):
             return candidate
-    available = sorted(f.rsplit(".", 1)[0] for f in os.listdir(workflows_dir)
-                       if f.endswith((".yaml", ".yml"))) if os.path.isdir(workflows_dir) else []
+    available = (
+        sorted(f.rsplit(".", 1)[0] for f in os.listdir(workflows_dir) if f.endswith((".yaml", ".yml")))
+        if os.path.isdir(workflows_dir)
+        else []
+    )
     hint = difflib.get_close_matches(name, available, n=1)
     msg = f"no workflow named {name!r} in {workflows_dir}"
     if hint:

@@ -37,7 +37,10 @@ class FileKind:
             "regexp": {"type": "string", "description": "With state: line, lines to replace (Python regex)."},
             "create": {"type": "boolean", "description": "With state: line, create the file when missing."},
             "mode": MODE_SCHEMA,
-            "revert": {"type": "boolean", "description": "Restore the previous content on rollback (default true)."},
+            "revert": {
+                "type": "boolean",
+                "description": "Restore the previous content on rollback (default true).",
+            },
             "allow_dotdot": {"type": "boolean"},
         },
     }
@@ -60,18 +63,27 @@ class FileKind:
 
     def plan(self, body: Any, r: Renderer) -> Action:
         state = body.get("state", "present")
-        path = checked_path(body["path"], r.text(body["path"], "path"), "path", bool(body.get("allow_dotdot")))
+        path = checked_path(
+            body["path"], r.text(body["path"], "path"), "path", bool(body.get("allow_dotdot"))
+        )
         host = r.text(body.get("host"), "host") if body.get("host") else None
         target = host or "local"
-        details: dict[str, Any] = {"path": path, "host": host, "state": state, "mode": parse_mode(body.get("mode")),
-                                   "revert": body.get("revert", True)}
+        details: dict[str, Any] = {
+            "path": path,
+            "host": host,
+            "state": state,
+            "mode": parse_mode(body.get("mode")),
+            "revert": body.get("revert", True),
+        }
         if state == "line":
             details["line"] = r.text(body["line"], "line")
             details["regexp"] = r.text(body["regexp"], "regexp") if body.get("regexp") else None
             details["create"] = body.get("create", False)
             summary = f"ensure line {details['line']!r} in {path}"
-            text = [f"{target}:{path}: exactly one line {details['line']!r}"
-                    + (f" (replacing lines matching /{details['regexp']}/)" if details["regexp"] else "")]
+            text = [
+                f"{target}:{path}: exactly one line {details['line']!r}"
+                + (f" (replacing lines matching /{details['regexp']}/)" if details["regexp"] else "")
+            ]
         elif state == "line_absent":
             details["regexp"] = r.text(body["regexp"], "regexp")
             summary = f"remove lines matching /{details['regexp']}/ from {path}"
@@ -81,8 +93,11 @@ class FileKind:
             summary = f"remove everything inside {path}"
             text = [f"{target}:{path}/*: remove (the folder itself stays)"]
         else:
-            summary = {"present": f"ensure {path} exists", "touch": f"touch {path}",
-                       "absent": f"remove {path}"}[state]
+            summary = {
+                "present": f"ensure {path} exists",
+                "touch": f"touch {path}",
+                "absent": f"remove {path}",
+            }[state]
             text = [f"{target}:{path}: {state}"]
         return Action(kind=self.name, target=target, summary=summary, details=details, text=text)
 
@@ -152,22 +167,32 @@ class FileKind:
             if not removed:
                 return Outcome(ok=True, data={"changed": False, "removed": 0}, message="no matching line")
             fs.write_atomic(path, ("\n".join(kept) + "\n" if kept else "").encode("utf-8"), d["mode"])
-            out = Outcome(ok=True, data={"changed": True, "removed": removed}, changed=True,
-                          message=f"removed {removed} line(s)")
+            out = Outcome(
+                ok=True,
+                data={"changed": True, "removed": removed},
+                changed=True,
+                message=f"removed {removed} line(s)",
+            )
             out.undo_state = ("content", old)
             return out
         # empty
         guard_tree(path)
         if not fs.exists(path):
             fs.mkdir(path, d["mode"] if d["mode"] is not None else 0o700)
-            return Outcome(ok=True, data={"changed": True, "removed": 0}, changed=True, message="created empty")
+            return Outcome(
+                ok=True, data={"changed": True, "removed": 0}, changed=True, message="created empty"
+            )
         if not fs.is_dir(path):
             raise StepFailure(f"{path} is not a folder")
         entries = fs.listdir(path)
         for name in entries:
             fs.remove_tree(f"{path.rstrip('/')}/{name}")
-        return Outcome(ok=True, data={"changed": bool(entries), "removed": len(entries)}, changed=bool(entries),
-                       message=f"removed {len(entries)} entries")
+        return Outcome(
+            ok=True,
+            data={"changed": bool(entries), "removed": len(entries)},
+            changed=bool(entries),
+            message=f"removed {len(entries)} entries",
+        )
 
     def revert(self, action: Action, outcome: Outcome, rt: Any, timeout: float | None) -> Outcome:
         d = action.details

@@ -66,7 +66,12 @@ class LocalKind:
             words = JINJA_BLOCK.sub("", spec["command"])  # `{{ x | trusted }}` is not a shell pipe
             where = ("command",) if isinstance(body, dict) else ()
             if any(c in words for c in "|;&$`<>*"):
-                return [(where, "a string command with shell syntax needs `shell: true` (or give an argument list)")]
+                return [
+                    (
+                        where,
+                        "a string command with shell syntax needs `shell: true` (or give an argument list)",
+                    )
+                ]
             try:
                 shlex.split(JINJA_BLOCK.sub("x", spec["command"]))
             except ValueError as exc:
@@ -112,13 +117,20 @@ class LocalKind:
         d = action.details
         try:
             res = local.run(
-                d["command"], shell=d["shell"], env=d["env"] or None, cwd=d["cwd"], timeout=timeout,
-                on_line=rt.stream, stdin=d["stdin"].encode() if d["stdin"] is not None else None,
+                d["command"],
+                shell=d["shell"],
+                env=d["env"] or None,
+                cwd=d["cwd"],
+                timeout=timeout,
+                on_line=rt.stream,
+                stdin=d["stdin"].encode() if d["stdin"] is not None else None,
             )
         except FileNotFoundError as exc:
             raise StepFailure(f"program not found: {exc.filename}", {"rc": 127, "ok": False}) from None
         except PermissionError as exc:
-            raise StepFailure(f"cannot execute {exc.filename}: permission denied", {"rc": 126, "ok": False}) from None
+            raise StepFailure(
+                f"cannot execute {exc.filename}: permission denied", {"rc": 126, "ok": False}
+            ) from None
         data = command_result_data(res.rc, res.stdout, res.stderr)
         if res.timed_out:
             raise StepFailure(f"timed out after {timeout:g}s; process group stopped", data, timed_out=True)

@@ -13,8 +13,29 @@ from engine.errors import StepFailure
 
 # Never emptied or removed as a whole, whatever a workflow or argument says.
 PROTECTED = frozenset(
-    {"/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/opt", "/proc", "/root", "/run",
-     "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var", "/var/lib", "/var/lib/postgresql", "/var/lib/pgsql"}
+    {
+        "/",
+        "/bin",
+        "/boot",
+        "/dev",
+        "/etc",
+        "/home",
+        "/lib",
+        "/lib64",
+        "/opt",
+        "/proc",
+        "/root",
+        "/run",
+        "/sbin",
+        "/srv",
+        "/sys",
+        "/tmp",
+        "/usr",
+        "/var",
+        "/var/lib",
+        "/var/lib/postgresql",
+        "/var/lib/pgsql",
+    }
 )
 
 
@@ -39,7 +60,7 @@ def guard_tree(path: str) -> None:
         raise StepFailure(f"refusing to remove the contents of {norm!r}: too close to /")
 
 
-MODE_SCHEMA = {"type": "string", "pattern": "^0?[0-7]{3,4}$", "description": "Octal, quoted: \"0600\"."}
+MODE_SCHEMA = {"type": "string", "pattern": "^0?[0-7]{3,4}$", "description": 'Octal, quoted: "0600".'}
 
 
 def parse_mode(value: object) -> int | None:

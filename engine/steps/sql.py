@@ -34,8 +34,12 @@ class SqlKind:
             "user": {"type": "string"},
             "statement": {"type": "string", "minLength": 1},
             "statements": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}},
-            "params": {"anyOf": [{"type": "object", "additionalProperties": _SCALAR},
-                                 {"type": "array", "items": _SCALAR}]},
+            "params": {
+                "anyOf": [
+                    {"type": "object", "additionalProperties": _SCALAR},
+                    {"type": "array", "items": _SCALAR},
+                ]
+            },
             "transaction": {"type": "boolean"},
             "connect_timeout": {"type": "number", "exclusiveMinimum": 0},
         },
@@ -45,8 +49,11 @@ class SqlKind:
         out: list[tuple[tuple[Any, ...], str]] = []
         if ("statement" in body) == ("statements" in body):
             out.append(((), "give exactly one of `statement` or `statements`"))
-        texts = [("statement", body["statement"])] if "statement" in body else [
-            (("statements", i), s) for i, s in enumerate(body.get("statements") or [])]
+        texts = (
+            [("statement", body["statement"])]
+            if "statement" in body
+            else [(("statements", i), s) for i, s in enumerate(body.get("statements") or [])]
+        )
         for where, text in texts:
             if "{{" in text or "{%" in text:
                 rel = where if isinstance(where, tuple) else (where,)
@@ -72,9 +79,16 @@ class SqlKind:
             kind=self.name,
             target=target,
             summary=" ".join(statements[0].split())[:100],
-            details={"host": host, "port": port, "database": database, "user": user, "statements": statements,
-                     "params": params, "transaction": bool(body.get("transaction")),
-                     "connect_timeout": body.get("connect_timeout", pg.get("connect_timeout", 10))},
+            details={
+                "host": host,
+                "port": port,
+                "database": database,
+                "user": user,
+                "statements": statements,
+                "params": params,
+                "transaction": bool(body.get("transaction")),
+                "connect_timeout": body.get("connect_timeout", pg.get("connect_timeout", 10)),
+            },
             text=text,
         )
 
@@ -87,7 +101,10 @@ class SqlKind:
         if timeout is not None:
             connect_timeout = min(connect_timeout, timeout)
         kwargs: dict[str, Any] = {
-            "host": d["host"], "port": d["port"], "dbname": d["database"], "user": d["user"],
+            "host": d["host"],
+            "port": d["port"],
+            "dbname": d["database"],
+            "user": d["user"],
             "connect_timeout": max(int(connect_timeout + 0.999), 1),
             "application_name": "pgpool-hook",
         }
@@ -110,16 +127,20 @@ class SqlKind:
                         rowcount = cur.rowcount
                         rows = [dict(row) for row in cur.fetchall()] if cur.description else []
         except psycopg.errors.QueryCanceled as exc:
-            raise StepFailure(f"statement timed out after {timeout:g}s", {"sqlstate": exc.sqlstate},
-                              timed_out=True) from None
+            raise StepFailure(
+                f"statement timed out after {timeout:g}s", {"sqlstate": exc.sqlstate}, timed_out=True
+            ) from None
         except psycopg.Error as exc:
             detail = (str(exc).strip().splitlines() or ["error"])[0]
             elapsed = time.monotonic() - start
             timed_out = timeout is not None and elapsed >= timeout * 0.95 and exc.sqlstate is None
             raise StepFailure(detail, {"sqlstate": exc.sqlstate}, timed_out=timed_out) from None
         rows = [{k: _jsonable(v) for k, v in row.items()} for row in rows]
-        return Outcome(ok=True, data={"rows": rows, "row": rows[0] if rows else None, "rowcount": rowcount},
-                       message=f"{len(rows)} row(s)" if rows else f"rowcount {rowcount}")
+        return Outcome(
+            ok=True,
+            data={"rows": rows, "row": rows[0] if rows else None, "rowcount": rowcount},
+            message=f"{len(rows)} row(s)" if rows else f"rowcount {rowcount}",
+        )
 
 
 def _jsonable(value: Any) -> Any:

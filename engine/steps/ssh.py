@@ -48,15 +48,23 @@ class SshKind:
             kind=self.name,
             target=host,
             summary=f"{shown}: {command}",
-            details={"host": host, "command": command, "user": user, "port": port,
-                     "ok_codes": list(body.get("ok_codes") or [0])},
-            text=[f"{shown}$ {line}" if i == 0 else f"  {line}" for i, line in enumerate(command.splitlines())],
+            details={
+                "host": host,
+                "command": command,
+                "user": user,
+                "port": port,
+                "ok_codes": list(body.get("ok_codes") or [0]),
+            },
+            text=[
+                f"{shown}$ {line}" if i == 0 else f"  {line}" for i, line in enumerate(command.splitlines())
+            ],
         )
 
     def apply(self, action: Action, rt: Any, timeout: float | None) -> Outcome:
         d = action.details
-        res = rt.ssh_pool.run(d["host"], d["command"], timeout=timeout, user=d["user"], port=d["port"],
-                              on_line=rt.stream)
+        res = rt.ssh_pool.run(
+            d["host"], d["command"], timeout=timeout, user=d["user"], port=d["port"], on_line=rt.stream
+        )
         data = command_result_data(res.rc, res.stdout, res.stderr)
         if res.timed_out:
             raise StepFailure(f"timed out after {timeout:g}s; remote command killed", data, timed_out=True)

@@ -30,7 +30,10 @@ class TemplateKind:
             "dest": {"type": "string", "minLength": 1},
             "host": {"type": "string"},
             "mode": MODE_SCHEMA,
-            "revert": {"type": "boolean", "description": "Restore the previous content on rollback (default true)."},
+            "revert": {
+                "type": "boolean",
+                "description": "Restore the previous content on rollback (default true).",
+            },
             "allow_dotdot": {"type": "boolean"},
         },
     }
@@ -51,7 +54,9 @@ class TemplateKind:
             return [(("src",), None, path)]
 
     def plan(self, body: Any, r: Renderer) -> Action:
-        dest = checked_path(body["dest"], r.text(body["dest"], "dest"), "dest", bool(body.get("allow_dotdot")))
+        dest = checked_path(
+            body["dest"], r.text(body["dest"], "dest"), "dest", bool(body.get("allow_dotdot"))
+        )
         content = r.template_file(body["src"]) if "src" in body else r.text(body["content"], "content")
         host = r.text(body.get("host"), "host") if body.get("host") else None
         target = host or "local"
@@ -61,8 +66,13 @@ class TemplateKind:
             kind=self.name,
             target=target,
             summary=f"write {dest}",
-            details={"dest": dest, "host": host, "content": content, "mode": parse_mode(body.get("mode")),
-                     "revert": body.get("revert", True)},
+            details={
+                "dest": dest,
+                "host": host,
+                "content": content,
+                "mode": parse_mode(body.get("mode")),
+                "revert": body.get("revert", True),
+            },
             text=text,
         )
 
@@ -70,8 +80,11 @@ class TemplateKind:
         """Unified diff against what is there now (read-only)."""
         old = rt.fs(action.details["host"]).read(action.details["dest"])
         old_text = old.decode("utf-8", "replace") if old is not None else ""
-        return list(difflib.unified_diff(old_text.splitlines(), action.details["content"].splitlines(),
-                                         "current", "new", lineterm=""))
+        return list(
+            difflib.unified_diff(
+                old_text.splitlines(), action.details["content"].splitlines(), "current", "new", lineterm=""
+            )
+        )
 
     def apply(self, action: Action, rt: Any, timeout: float | None) -> Outcome:
         d = action.details
@@ -82,8 +95,12 @@ class TemplateKind:
         if old == new and mode_ok:
             return Outcome(ok=True, data={"changed": False, "dest": d["dest"]}, message="unchanged")
         fs.write_atomic(d["dest"], new, d["mode"])
-        outcome = Outcome(ok=True, data={"changed": True, "dest": d["dest"], "created": old is None},
-                          message="created" if old is None else "updated", changed=True)
+        outcome = Outcome(
+            ok=True,
+            data={"changed": True, "dest": d["dest"], "created": old is None},
+            message="created" if old is None else "updated",
+            changed=True,
+        )
         outcome.undo_state = old
         return outcome
 
