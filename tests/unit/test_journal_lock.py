@@ -300,3 +300,20 @@ def test_replication_slot_rule_from_set(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput) as info:
         config_mod.load(str(p), {"replication_slot": "{{ nod }}"})
     assert "error: --set: replication_slot: unknown name 'nod'" in info.value.render()
+
+
+def test_log_lines_carry_time_workflow_run_step_attempt_and_outcome(harness) -> None:  # type: ignore[no-untyped-def]
+    import re
+
+    h = harness(
+        "name: t\nsteps:\n  - id: a\n    local: [a]\n    retry: {attempts: 2, delay: 0}\n", {"a": ["fail"]}
+    )
+    assert h.run().exit_code == 0
+    pattern = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z pgpool-hook\[t run=t\] (.*)$")
+    lines = h.log.splitlines()
+    assert all(pattern.match(line) for line in lines), lines
+    assert [pattern.match(line).group(1) for line in lines] == [  # type: ignore[union-attr]
+        "step=a outcome=started a",
+        "step=a attempt=1 outcome=failed exit status 1 (0.00s)",
+        "step=a attempt=2 outcome=ok done (0.00s)",
+    ]
