@@ -229,11 +229,14 @@ def _hook_argv(name: str, argv: list[str]) -> list[str]:
     """`failover.sh 0 host ...` → `run failover 0 host ...` (options allowed before the args)."""
     out = ["run"]
     rest = list(argv)
-    while rest and rest[0] in ("--config", "--set") and len(rest) > 1:
-        out += rest[:2]
-        rest = rest[2:]
-    while rest and rest[0] == "--dry-run":
-        out.append(rest.pop(0))
+    while rest:
+        if rest[0] in ("--config", "--set") and len(rest) > 1:
+            out += rest[:2]
+            rest = rest[2:]
+        elif rest[0].startswith(("--config=", "--set=")) or rest[0] == "--dry-run":
+            out.append(rest.pop(0))
+        else:
+            break
     return out + [HOOK_NAMES[name]] + rest
 
 

@@ -55,7 +55,9 @@ def bind_params(workflow: Workflow, args: list[str]) -> dict[str, Any]:
                 problems.append(f"argument {i + 1} ({p.name}) must be an integer, got {raw!r}")
         elif p.type == "bool":
             word = raw.strip().lower()
-            if word in TRUE_WORDS:
+            if word == "":
+                values[p.name] = p.default
+            elif word in TRUE_WORDS:
                 values[p.name] = True
             elif word in FALSE_WORDS:
                 values[p.name] = False

@@ -88,15 +88,15 @@ class StepResults(Mapping[str, Any]):
             return self._results[key]
         if self._dry_run:
             return RuntimeRef(f"steps.{key}")
-        raise KeyError(key)
+        from jinja2 import StrictUndefined
+
+        # an Undefined (not an exception) so `steps.x is defined` still works in conditions
+        return StrictUndefined(hint=f"steps.{key} has no result: step {key!r} has not run in this run")
 
     def __getattr__(self, key: str) -> Any:
         if key.startswith("_"):
             raise AttributeError(key)
-        try:
-            return self[key]
-        except KeyError:
-            raise AttributeError(f"step {key!r} has not run") from None
+        return self[key]
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(self._results)
