@@ -256,8 +256,8 @@ class Runner:
                     continue
                 if run.status == "succeeded":
                     conductor.set(step.id, Status.SUCCEEDED)
-                    if step.kind == "exit" and run.action is not None:
-                        d = run.action.details
+                    if run.action is not None and run.action.stop is not None:
+                        d = run.action.stop
                         exited = (d["code"], d["message"], d["rollback"])
                         conductor.stop("exit")
                         break

@@ -63,7 +63,7 @@ def plan_step(step: Step, r: Renderer, kinds: dict[str, Any], rt: Any = None) ->
             condition,
             lines=[f"(rendered at run time: uses {exc.ref})"],
             summary="depends on a runtime result",
-            changes=step.kind not in ("exit",),
+            changes=getattr(kind, "changes_state", True),
         )
     except (RenderError, StepFailure) as exc:
         return PlannedStep(step, condition, error=str(exc))
@@ -80,8 +80,8 @@ def plan_step(step: Step, r: Renderer, kinds: dict[str, Any], rt: Any = None) ->
         condition,
         lines=lines,
         summary=action.summary,
-        changes=step.kind not in ("exit",) and condition != "false",
-        ends_run=step.kind == "exit" and condition in ("true", "always"),
+        changes=getattr(kind, "changes_state", True) and condition != "false",
+        ends_run=action.stop is not None and condition in ("true", "always"),
     )
 
 

@@ -390,7 +390,7 @@ def check_workflow(path: str, doc: Any, problems: list[Problem]) -> Workflow | N
             here = [section, index[step.id]]
             if step.handler and step.explicit_needs:
                 chk.add(here + ["needs"], "handlers run on demand; `needs` only applies under `steps:`")
-            if step.handler and step.kind == "exit":  # as a fallback it would "succeed" and the run go on
+            if step.handler and getattr(KINDS[step.kind], "ends_run", False):  # as a fallback it would "succeed" and the run go on
                 chk.add(here + ["exit"], "an exit step cannot be a handler: it would not end the run")
             for dep in step.needs if step.explicit_needs else ():
                 if dep == step.id:

@@ -31,6 +31,8 @@ class Action:
     details: dict[str, Any] = field(default_factory=dict)
     text: list[str] = field(default_factory=list)  # extra lines for dry-run (SQL, file content)
     secrets_free: bool = True
+    # set by a kind whose action ends the run on purpose: {"code", "message", "rollback"}
+    stop: dict[str, Any] | None = None
 
 
 @dataclass

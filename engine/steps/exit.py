@@ -10,6 +10,8 @@ from engine.steps.base import Action, Outcome
 
 class ExitKind:
     name = "exit"
+    changes_state = False  # dry-run does not count it as a change
+    ends_run = True  # so it cannot serve as a handler: it would not end the run there
     schema: dict[str, Any] = {
         "description": "End the run here with an exit code and a message.",
         "anyOf": [
@@ -35,6 +37,7 @@ class ExitKind:
             target="local",
             summary=f"exit {code}" + (f": {message}" if message else ""),
             details={"code": code, "message": message, "rollback": bool(spec.get("rollback", False))},
+            stop={"code": code, "message": message, "rollback": bool(spec.get("rollback", False))},
         )
 
     def apply(self, action: Action, rt: Any, timeout: float | None) -> Outcome:
