@@ -8,6 +8,7 @@ so a workflow that validates is exactly a workflow that can start.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 from typing import Any
@@ -131,6 +132,7 @@ class _Checker:
         self.file = path
         self.doc = doc
         self.problems: list[Problem] = []
+        self.used: set[str] = set()  # names read by the templates checked since the last reset
 
     def add(self, path: list[Any], message: str) -> None:
         pos = locate(self.doc, path)
@@ -169,6 +171,7 @@ class _Checker:
                 )
             )
             return
+        self.used |= names
         for name in sorted(names - known - JINJA_GLOBALS):
             hint = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.7)
             self.add(
@@ -354,10 +357,13 @@ def check_workflow(path: str, doc: Any, problems: list[Problem]) -> Workflow | N
 
     # vars: each may use params, config and vars defined above it
     var_lines: dict[str, int] = {}
+    var_uses: dict[str, tuple[str, ...]] = {}
     for name, value in (doc.get("vars") or {}).items():
+        chk.used = set()
         for text, p in _strings(value, ["vars", name]):
             if render.is_template(text):
                 chk.jinja(text, p, known, step_ids=set())
+        var_uses[name] = tuple(sorted(chk.used & set(var_lines)))
         known.add(name)
         var_lines[name] = chk.line_of(["vars", name])
 
@@ -381,6 +387,7 @@ def check_workflow(path: str, doc: Any, problems: list[Problem]) -> Workflow | N
             else:
                 handlers[sid] = step
 
+    uses: dict[str, tuple[str, ...]] = {}  # per step: the vars its templates read
     step_ids = {s.id for s in steps}
     runs_before = _runs_before(steps)
     for section, collection in (("steps", steps), ("handlers", list(handlers.values()))):
@@ -390,7 +397,9 @@ def check_workflow(path: str, doc: Any, problems: list[Problem]) -> Workflow | N
             here = [section, index[step.id]]
             if step.handler and step.explicit_needs:
                 chk.add(here + ["needs"], "handlers run on demand; `needs` only applies under `steps:`")
-            if step.handler and getattr(KINDS[step.kind], "ends_run", False):  # as a fallback it would "succeed" and the run go on
+            if step.handler and getattr(
+                KINDS[step.kind], "ends_run", False
+            ):  # as a fallback it would "succeed" and the run go on
                 chk.add(here + ["exit"], "an exit step cannot be a handler: it would not end the run")
             for dep in step.needs if step.explicit_needs else ():
                 if dep == step.id:
@@ -410,6 +419,7 @@ def check_workflow(path: str, doc: Any, problems: list[Problem]) -> Workflow | N
             # names visible: everything known, plus results of steps certain to have run (any step for handlers)
             visible = step_ids if step.handler else runs_before[step.id]
             visible = visible | set(handlers) if step.handler else visible
+            chk.used = set()
             for key in ("when",):
                 if isinstance(raw_get(doc, here, key), str):
                     chk.jinja(raw_get(doc, here, key), here + [key], known, visible, expression=True)
@@ -433,6 +443,7 @@ def check_workflow(path: str, doc: Any, problems: list[Problem]) -> Workflow | N
             if templates is not None:
                 for rel, text, label in templates(step.body, os.path.dirname(os.path.abspath(path))):
                     _check_template_file(chk, body_path + list(rel), text, label, known, visible)
+            uses[step.id] = tuple(sorted(chk.used & set(var_uses)))
 
     deps = {s.id: s.needs for s in steps}
     cycle = _find_cycle(deps)
@@ -441,8 +452,10 @@ def check_workflow(path: str, doc: Any, problems: list[Problem]) -> Workflow | N
         chk.add(["steps", idx[cycle[0]], "needs"], "`needs` forms a cycle: " + " -> ".join(cycle))
 
     lock = doc.get("lock")
+    chk.used = set()
     if isinstance(lock, str) and render.is_template(lock):
         chk.jinja(lock, ["lock"], known, set())
+    lock_uses = tuple(sorted(chk.used & set(var_uses)))
     problems.extend(chk.problems)
     if problems:
         return None
@@ -452,13 +465,15 @@ def check_workflow(path: str, doc: Any, problems: list[Problem]) -> Workflow | N
         description=" ".join(str(doc.get("description", "")).split()),
         params=params,
         vars=source.plain(doc.get("vars") or {}),
-        steps=tuple(steps),
-        handlers=handlers,
+        steps=tuple(dataclasses.replace(s, uses=uses.get(s.id, ())) for s in steps),
+        handlers={k: dataclasses.replace(s, uses=uses.get(k, ())) for k, s in handlers.items()},
         deadline=doc.get("deadline"),
         lock=lock,
         lock_timeout=doc.get("lock_timeout", 0) or 0,
         extra_args=doc.get("extra_args", True),
         var_lines=var_lines,
+        var_uses=var_uses,
+        lock_uses=lock_uses,
     )
 
 
@@ -478,6 +493,7 @@ def _check_template_file(
     except TemplateSyntaxError as exc:
         chk.problems.append(Problem(label, exc.lineno, None, "", f"Jinja2 syntax error: {exc.message}"))
         return
+    chk.used |= names
     for name in sorted(names - known - JINJA_GLOBALS):
         chk.problems.append(
             Problem(
