@@ -17,6 +17,7 @@ import sys
 import uuid
 from typing import Any
 
+from engine import commands
 from engine.errors import EXIT_FAILED, EXIT_INVALID, HookError, Interrupted, InvalidInput, RenderError
 
 # the file names pgpool (or an operator's pgpool.conf) may call us by
@@ -99,6 +100,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="example: pgpool-hook schema workflow > workflow.schema.json",
     )
     sch.add_argument("which", nargs="?", choices=["workflow", "config"], default="workflow")
+    commands.add_parsers(sub)  # graph, history, show
     return p
 
 
@@ -274,6 +276,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         parser.print_help()
         return EXIT_INVALID
     handlers = {"run": cmd_run, "validate": cmd_validate, "schema": cmd_schema, "install": cmd_install}
+    handlers.update(commands.HANDLERS)
     if opts.command == "run":
         _install_signal_handlers()
     try:
