@@ -100,6 +100,23 @@ def _parser() -> argparse.ArgumentParser:
         epilog="example: pgpool-hook schema workflow > workflow.schema.json",
     )
     sch.add_argument("which", nargs="?", choices=["workflow", "config"], default="workflow")
+
+    tst = sub.add_parser(
+        "test",
+        help="rehearse workflows: run test cases with pretend step results, touching nothing",
+        description="Run rehearsal cases: each names a workflow, pgpool's arguments, the result each step "
+        "pretends to return, and the steps and exit code expected. The real interpreter renders and "
+        "decides; nothing connects, writes or runs. One line per case; exit 0 if all pass, 1 if any "
+        "fails, 2 if a case file is invalid. See docs/rehearsal.md.",
+        epilog="example: pgpool-hook test workflows/tests/follow_primary_rewind_fails.yaml",
+    )
+    tst.add_argument(
+        "--config", help="config file (default: $PGPOOL_HOOK_CONFIG or /etc/pgpool2/pgpool-hook.yaml)"
+    )
+    tst.add_argument("-v", "--verbose", action="store_true", help="print each rehearsed run's log")
+    tst.add_argument(
+        "cases", nargs="*", help="case files or folders (default: every case in <workflows folder>/tests)"
+    )
     commands.add_parsers(sub)  # graph, history, show
     return p
 
@@ -219,6 +236,12 @@ def cmd_schema(opts: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_test(opts: argparse.Namespace) -> int:
+    from engine import rehearsal
+
+    return rehearsal.main(list(opts.cases), opts.config, verbose=opts.verbose)
+
+
 def cmd_install(opts: argparse.Namespace) -> int:
     import shlex
 
@@ -275,7 +298,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if opts.command is None:
         parser.print_help()
         return EXIT_INVALID
-    handlers = {"run": cmd_run, "validate": cmd_validate, "schema": cmd_schema, "install": cmd_install}
+    handlers = {
+        "run": cmd_run,
+        "validate": cmd_validate,
+        "schema": cmd_schema,
+        "install": cmd_install,
+        "test": cmd_test,
+    }
     handlers.update(commands.HANDLERS)
     if opts.command == "run":
         _install_signal_handlers()
