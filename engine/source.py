@@ -24,6 +24,9 @@ except ImportError:  # pragma: no cover - pure Python fallback
 
 MAX_BYTES = 1024 * 1024
 MAX_DEPTH = 64
+# Aliases let a small file stand for an enormous tree ("billion laughs"): everything
+# after parsing walks the tree, so its size is bounded, counting each alias use again.
+MAX_VALUES = 100_000
 
 Pos = tuple[int, int]
 
@@ -111,14 +114,25 @@ def _yaml_problem(filename: str, exc: yaml.YAMLError, text: str) -> Problem:
     return Problem(filename, line, col, "", f"not valid YAML: {problem}")
 
 
-def _too_deep(value: Any, limit: int) -> Pos | None:
-    """Where ``value`` nests deeper than ``limit`` levels, or None (iterative: no recursion limit)."""
+def _too_big(value: Any, limit: int) -> tuple[Pos, str] | None:
+    """Where ``value`` nests deeper than ``limit`` levels or holds more than MAX_VALUES values.
+
+    Iterative (no recursion limit), and it stops at the first excess, so an alias bomb
+    costs MAX_VALUES steps here instead of hanging every later walk of the tree.
+    """
     stack: list[tuple[Any, int, Pos]] = [(value, 0, getattr(value, "pos", (1, 1)))]
+    count = 0
     while stack:
         item, depth, pos = stack.pop()
         pos = getattr(item, "pos", pos)
         if depth > limit:
-            return pos
+            return pos, f"nested too deeply (more than {limit} levels)"
+        count += 1
+        if count > MAX_VALUES:
+            return (
+                pos,
+                f"too many values (more than {MAX_VALUES}; YAML aliases count each time they are used)",
+            )
         if isinstance(item, dict):
             stack.extend((v, depth + 1, pos) for v in item.values())
         elif isinstance(item, list):
@@ -142,9 +156,10 @@ def parse(text: str, filename: str) -> tuple[Any, list[Problem]]:
     finally:
         loader.dispose()
     problems = list(loader.problems)
-    deep = _too_deep(doc, MAX_DEPTH)
-    if deep is not None:
-        problems.append(Problem(filename, *deep, "", f"nested too deeply (more than {MAX_DEPTH} levels)"))
+    too_big = _too_big(doc, MAX_DEPTH)
+    if too_big is not None:
+        (line, column), message = too_big
+        return None, [*problems, Problem(filename, line, column, "", message)]
     return doc, problems
 
 
