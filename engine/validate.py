@@ -18,6 +18,10 @@ from engine.errors import InvalidInput, Problem
 from engine.model import Param, Retry, Step, Workflow
 from engine.source import locate, path_text
 
+# Checking what runs before each step grows with the square of the steps; a hook needs a few
+# dozen, so a file with more is refused before that work starts (it would take minutes and GBs).
+MAX_STEPS = 500
+
 JINJA_GLOBALS = frozenset(
     {"range", "dict", "lipsum", "cycler", "joiner", "namespace", "true", "false", "none"}
 )
@@ -206,30 +210,27 @@ def _ids(value: Any) -> tuple[str, ...]:
 
 
 def _find_cycle(deps: dict[str, tuple[str, ...]]) -> list[str] | None:
+    """A `needs` cycle as [a, b, ..., a], or None.  Iterative: a long chain of needs is no crash."""
     state: dict[str, int] = {}
-    stack: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
-        stack.append(node)
-        for dep in deps.get(node, ()):
-            if dep not in deps:
+    for root in deps:
+        if root in state:
+            continue
+        state[root] = 1
+        path = [root]
+        todo = [iter(deps[root])]
+        while todo:
+            dep = next(todo[-1], None)
+            if dep is None:
+                state[path.pop()] = 2
+                todo.pop()
+            elif dep not in deps:
                 continue
-            if state.get(dep) == 1:
-                return stack[stack.index(dep) :] + [dep]
-            if dep not in state:
-                found = visit(dep)
-                if found:
-                    return found
-        stack.pop()
-        state[node] = 2
-        return None
-
-    for node in deps:
-        if node not in state:
-            cycle = visit(node)
-            if cycle:
-                return cycle
+            elif state.get(dep) == 1:
+                return path[path.index(dep) :] + [dep]
+            elif dep not in state:
+                state[dep] = 1
+                path.append(dep)
+                todo.append(iter(deps[dep]))
     return None
 
 
@@ -347,6 +348,13 @@ def check_workflow(path: str, doc: Any, problems: list[Problem]) -> Workflow | N
         problems.append(
             Problem(path, 1, 1, "", f"a workflow must be a YAML mapping, got {_describe_type(doc)}")
         )
+        return None
+    for section in ("steps", "handlers"):
+        items = doc.get(section)
+        if isinstance(items, list) and len(items) > MAX_STEPS:
+            line, column = locate(doc, [section]) or (None, None)
+            problems.append(Problem(path, line, column, section, f"{len(items)} items; at most {MAX_STEPS}"))
+    if problems:
         return None
     problems.extend(schema_problems(workflow_schema(), doc, doc, path))
     if problems:
