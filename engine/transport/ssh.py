@@ -37,6 +37,7 @@ from engine.transport import CommandResult
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL of a timed-out remote command
 EOF_GRACE = 2.0  # after the exit status, wait this long for the output to close (a daemon may hold it)
 POLL = 0.1
+STALE_TEMP_AGE = 600  # seconds: a write_atomic temp file untouched this long was left by a dead writer
 
 
 class _UnknownHostKey(paramiko.SSHException):
@@ -312,7 +313,7 @@ class SshPool:
         exit_seen: float | None = None
         try:
             while True:
-                drain()
+                got = drain()
                 now = time.monotonic()
                 # paramiko also reports "ready" (status -1) when the channel dies without one
                 if chan.exit_status_ready() and (chan.exit_status != -1 or transport.is_active()):
@@ -322,9 +323,8 @@ class SshPool:
                         drain()
                         finished = True
                         break
-                elif (
-                    chan.closed or not transport.is_active()
-                ):  # closed without an exit status: connection gone
+                elif chan.closed or not transport.is_active():
+                    # closed without an exit status: the connection is gone
                     drain()
                     self._drop(key)
                     raise StepFailure(
@@ -335,7 +335,10 @@ class SshPool:
                     timed_out = True
                     break
                 wait = POLL if deadline is None else max(min(POLL, deadline - now), 0.0)
-                select.select([chan], [], [], wait)
+                if chan.eof_received and not got:
+                    time.sleep(wait)  # output closed, status pending: the pipe stays readable, do not spin
+                else:
+                    select.select([chan], [], [], wait)
         finally:
             if not finished:
                 self._stop_remote(key, transport, chan, pgid[0] if pgid else None, where)
@@ -426,6 +429,28 @@ def _active(client: paramiko.SSHClient) -> bool:
     return transport is not None and transport.is_active()
 
 
+def _remove_stale_temps(sftp: paramiko.SFTPClient, directory: str, prefix: str, written: str) -> None:
+    """Remove temp files of writers that died between write and rename (kill -9, lost connection).
+
+    A live writer's temp file changes with every chunk; one untouched for STALE_TEMP_AGE,
+    measured on the node's clock (the file just written), is an orphan.
+    """
+    try:
+        now = sftp.stat(written).st_mtime
+        if now is None:
+            return
+        for attrs in sftp.listdir_attr(directory):
+            name = attrs.filename
+            if (
+                name.startswith(prefix)
+                and name.endswith(".tmp")
+                and (attrs.st_mtime or now) < now - STALE_TEMP_AGE
+            ):
+                sftp.remove(posixpath.join(directory, name))
+    except Exception:
+        pass  # only tidying up: the write itself succeeded
+
+
 class SftpFS:
     """The FileSystem protocol on a node, over the pool's SFTP session; mirrors LocalFS."""
 
@@ -466,7 +491,8 @@ class SftpFS:
 
     def write_atomic(self, path: str, data: bytes, mode: int | None) -> None:
         directory = posixpath.dirname(path) or "."
-        tmp = posixpath.join(directory, f".{posixpath.basename(path)}.pgpool-hook.{secrets.token_hex(4)}.tmp")
+        prefix = f".{posixpath.basename(path)}.pgpool-hook."
+        tmp = posixpath.join(directory, f"{prefix}{secrets.token_hex(4)}.tmp")
         if mode is None:
             mode = self.stat_mode(path)
         final_mode = mode if mode is not None else 0o644
@@ -485,6 +511,7 @@ class SftpFS:
                 except Exception:
                     pass
                 raise
+            _remove_stale_temps(sftp, directory, prefix, path)
 
         try:
             self._call("write", path, do)

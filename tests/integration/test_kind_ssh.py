@@ -215,3 +215,11 @@ def test_wrong_key_fails_authentication_without_prompting(
     runner = make_runner(ssh=ssh_settings(sshd, key_file=str(key)))
     failure = runner.fail("ssh", {"host": HOST, "command": "true"})
     assert str(failure) == f"ssh postgres@{HOST}:{sshd.port}: authentication failed with key {key}"
+
+
+def test_ignore_policy_connects_and_saves_nothing(make_runner: Any, sshd: Any, tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    runner = make_runner(ssh=ssh_settings(sshd, known_hosts=str(known), host_key_policy="ignore"))
+    assert runner.apply("ssh", {"host": HOST, "command": "echo hi"}).data["stdout"] == "hi\n"
+    assert known.read_text() == ""
