@@ -73,7 +73,7 @@ COMMON_STEP_PROPERTIES: dict[str, Any] = {
 
 
 # What each field of a step kind means, for editor hovers and docs/reference.md (generated from
-# this schema).  A kind's own description wins; these fill the fields it leaves undescribed.
+# this schema).  Written per kind, so they replace a shared description (like `command`'s).
 FIELD_DOCS: dict[str, dict[str, str]] = {
     "sql": {
         "host": "Server to connect to.",
@@ -124,7 +124,7 @@ FIELD_DOCS: dict[str, dict[str, str]] = {
 
 
 def _described(kind_name: str, schema: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a kind's schema with FIELD_DOCS filled in where the kind has no description."""
+    """A copy of a kind's schema with the descriptions of FIELD_DOCS."""
     import copy
 
     schema = copy.deepcopy(schema)
@@ -132,7 +132,7 @@ def _described(kind_name: str, schema: dict[str, Any]) -> dict[str, Any]:
     objects = [schema] + [alt for alt in schema.get("anyOf", []) if alt.get("type") == "object"]
     for obj in objects:
         for field, prop in (obj.get("properties") or {}).items():
-            if field in docs and "description" not in prop:
+            if field in docs:
                 prop["description"] = docs[field]
     return schema
 
@@ -160,10 +160,14 @@ def workflow_schema() -> dict[str, Any]:
                 "required": ["name"],
                 "additionalProperties": False,
                 "properties": {
-                    "name": {"type": "string", "pattern": ID_PATTERN},
+                    "name": {
+                        "type": "string",
+                        "pattern": ID_PATTERN,
+                        "description": "The variable the argument is bound to.",
+                    },
                     "type": {"enum": ["str", "int", "bool"], "description": "Default `str`."},
                     "default": {"description": "Makes the argument optional."},
-                    "description": {"type": "string"},
+                    "description": {"type": "string", "description": "Free text, e.g. pgpool's `%d`."},
                 },
             },
         ],
