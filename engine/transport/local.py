@@ -113,6 +113,30 @@ def run(
     )
 
 
+def _remove_dead_temps(directory: str, prefix: str) -> None:
+    """Remove ``<prefix><pid>.tmp`` files of writers that died (kill -9) between write and rename."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(prefix) : -len(".tmp")]
+        if not (name.startswith(prefix) and name.endswith(".tmp") and pid.isdigit()):
+            continue
+        if int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)
+                continue  # a live writer (maybe another user's: PermissionError below)
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+        try:
+            os.unlink(os.path.join(directory, name))
+        except OSError:
+            pass
+
+
 class LocalFS:
     """The FileSystem protocol on this host; writes go through a temp file and rename."""
 
@@ -125,7 +149,9 @@ class LocalFS:
 
     def write_atomic(self, path: str, data: bytes, mode: int | None) -> None:
         directory = os.path.dirname(path) or "."
-        tmp = os.path.join(directory, f".{os.path.basename(path)}.pgpool-hook.{os.getpid()}.tmp")
+        prefix = f".{os.path.basename(path)}.pgpool-hook."
+        tmp = os.path.join(directory, f"{prefix}{os.getpid()}.tmp")
+        _remove_dead_temps(directory, prefix)
         if mode is None:
             mode = self.stat_mode(path)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
