@@ -397,6 +397,8 @@ class Demo:
             f"-U {pp.pcp_user} -w -n 0"
         )
         say(f"  the journal:          {sb.state_dir / 'journal.jsonl'}   (one JSON event per line)")
+        say(f"  the runs, for people: {wrapper} history --config {sb.config_path}")
+        say(f"                        {wrapper} show RUN_ID --config {sb.config_path}")
         say(f"  pgpool log:           {pp.log_file}   (failover and follow_primary output)")
         say(f"  server logs:          {base}/pg/node<N>/postgres.log   (recovery hook output: the primary's)")
         say(f"  hook config:          {sb.config_path}")
