@@ -101,6 +101,18 @@ _Loader.yaml_implicit_resolvers = {
 
 
 def _yaml_problem(filename: str, exc: yaml.YAMLError, text: str) -> Problem:
+    if isinstance(exc, yaml.reader.ReaderError) and isinstance(exc.character, int):
+        # no mark, and its position counts bytes or characters depending on the parser:
+        # the reader refuses the character anywhere, so its first occurrence is the place
+        index = text.find(chr(exc.character))
+        before = text[: max(index, 0)]
+        return Problem(
+            filename,
+            before.count("\n") + 1 if index >= 0 else None,
+            len(before) - (before.rfind("\n") + 1) + 1 if index >= 0 else None,
+            "",
+            f"not valid YAML: character #x{exc.character:04x}: {exc.reason}",
+        )
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     line = mark.line + 1 if mark else None
     col = mark.column + 1 if mark else None

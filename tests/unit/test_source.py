@@ -46,6 +46,11 @@ DEEP_BLOCK = "".join("  " * i + f"k{i}:\n" for i in range(70)) + "  " * 70 + "v:
             "a: 1\n---\nb: 2\n", "w.yaml:2:1: not valid YAML: but found another document", id="two-documents"
         ),
         pytest.param("? [a, b]\n: 1\n", "w.yaml:1:3: a mapping key must be a plain value", id="list-as-key"),
+        pytest.param(
+            "name: x\nsteps: [\x01]\n",
+            "w.yaml:2:9: not valid YAML: character #x0001: control characters are not allowed",
+            id="control-character",
+        ),
         pytest.param(DEEP_FLOW, "w.yaml:1:68: nested too deeply (more than 64 levels)", id="deep-flow"),
         pytest.param(DEEP_BLOCK, "w.yaml:66:131: nested too deeply (more than 64 levels)", id="deep-block"),
     ],
