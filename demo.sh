@@ -49,11 +49,10 @@ if [ -n "$down" ]; then
 fi
 
 # ---- system packages (only what is missing) ------------------------------------------
-packages=(openssh-server pgpool2 postgresql-15-pgpool2 python3-venv)
-dpkg -s postgresql-15 >/dev/null 2>&1 || packages+=(postgresql-15)
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 missing=()
-for p in "${packages[@]}"; do
-    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+for p in openssh-server pgpool2 postgresql-15-pgpool2 python3-venv postgresql-15; do
+    installed "$p" || missing+=("$p")
 done
 if [ "${#missing[@]}" -ne 0 ]; then
     say "installing ${missing[*]}"
