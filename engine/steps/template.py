@@ -91,7 +91,8 @@ class TemplateKind:
         fs = rt.fs(d["host"])
         new = d["content"].encode("utf-8")
         old = fs.read(d["dest"])
-        mode_ok = d["mode"] is None or fs.stat_mode(d["dest"]) == d["mode"]
+        old_mode = fs.stat_mode(d["dest"]) if old is not None else None
+        mode_ok = d["mode"] is None or old_mode == d["mode"]
         if old == new and mode_ok:
             return Outcome(ok=True, data={"changed": False, "dest": d["dest"]}, message="unchanged")
         fs.write_atomic(d["dest"], new, d["mode"])
@@ -101,7 +102,8 @@ class TemplateKind:
             message="created" if old is None else "updated",
             changed=True,
         )
-        outcome.undo_state = old
+        # the previous content and mode: a revert puts back both
+        outcome.undo_state = (old, old_mode) if old is not None else None
         return outcome
 
     def revert(self, action: Action, outcome: Outcome, rt: Any, timeout: float | None) -> Outcome:
@@ -111,7 +113,8 @@ class TemplateKind:
         if previous is None:
             fs.remove(d["dest"])
             return Outcome(ok=True, message=f"removed {d['dest']} (it did not exist before)")
-        fs.write_atomic(d["dest"], previous, None)
+        content, mode = previous if isinstance(previous, tuple) else (previous, None)
+        fs.write_atomic(d["dest"], content, mode)
         return Outcome(ok=True, message=f"restored the previous content of {d['dest']}")
 
 

@@ -99,3 +99,16 @@ def _postgres_ids() -> tuple[int, int]:
 
     pw = pwd.getpwnam("postgres")
     return pw.pw_uid, pw.pw_gid
+
+
+def test_revert_restores_the_previous_mode_too(where: tuple[KindRunner, Path, dict[str, Any]]) -> None:
+    runner, folder, extra = where
+    dest = folder / "recovery.conf"
+    dest.write_text("old\n")
+    os.chmod(dest, 0o644)
+    if extra:
+        os.chown(dest, *_postgres_ids())
+    action, outcome = runner.run("template", {"dest": str(dest), "content": "new\n", "mode": "0600", **extra})
+    assert mode_of(dest) == 0o600
+    runner.revert("template", action, outcome)
+    assert dest.read_text() == "old\n" and mode_of(dest) == 0o644
