@@ -117,6 +117,22 @@ def _parser() -> argparse.ArgumentParser:
     tst.add_argument(
         "cases", nargs="*", help="case files or folders (default: every case in <workflows folder>/tests)"
     )
+    res = sub.add_parser(
+        "resume",
+        help="re-run a failed run from the step that failed, skipping the steps that succeeded",
+        description="Re-run run RUN_ID (see `pgpool-hook history`) with the same workflow, arguments and "
+        "--set overrides, starting at the step that failed; steps that succeeded and were not undone "
+        "are skipped and their results restored. Refused (exit 2, saying why) if the run succeeded, is "
+        "still running, or the workflow changed in a step it would skip.",
+        epilog="example: pgpool-hook resume 3f2a9c1b7d40",
+    )
+    res.add_argument(
+        "--config", help="config file (default: $PGPOOL_HOOK_CONFIG or /etc/pgpool2/pgpool-hook.yaml)"
+    )
+    res.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="add or change a config override"
+    )
+    res.add_argument("run_id", metavar="RUN_ID", help="the id (or a unique prefix) of the run to resume")
     commands.add_parsers(sub)  # graph, history, show
     return p
 
@@ -135,6 +151,13 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="override a config key for this run, e.g. --set vars.promote_timeout=120",
+    )
+    p.add_argument(
+        "--from",
+        dest="from_step",
+        metavar="STEP",
+        help="start at STEP, treating the steps before it as done (refused if a later step reads "
+        "their results)",
     )
 
 
@@ -171,6 +194,10 @@ def cmd_run(opts: argparse.Namespace) -> int:
     params = context.bind_params(workflow, list(opts.args))
     masker = Masker(cfg.mask_values())
     run_id = uuid.uuid4().hex[:12]
+    if opts.dry_run and opts.from_step:
+        raise InvalidInput(
+            "--from does not combine with --dry-run: run --dry-run without it to see every step"
+        )
     if opts.dry_run:
         from engine import plan
 
@@ -191,7 +218,26 @@ def cmd_run(opts: argparse.Namespace) -> int:
                 rt.close()
     from engine.run import execute
 
-    return execute(workflow, cfg, params, masker, run_id, list(opts.args))
+    done = None
+    if opts.from_step:
+        from engine import resume
+        from engine.log import Logger
+
+        start = resume.from_step(workflow, opts.from_step)
+        done = start.done
+        for note in start.notes:
+            Logger(workflow.name, run_id, masker).event("starting", note)
+    return execute(
+        workflow,
+        cfg,
+        params,
+        masker,
+        run_id,
+        list(opts.args),
+        done=done,
+        overrides=overrides,
+        from_step=opts.from_step,
+    )
 
 
 def cmd_validate(opts: argparse.Namespace) -> int:
@@ -242,6 +288,12 @@ def cmd_test(opts: argparse.Namespace) -> int:
     return rehearsal.main(list(opts.cases), opts.config, verbose=opts.verbose)
 
 
+def cmd_resume(opts: argparse.Namespace) -> int:
+    from engine import resume
+
+    return resume.resume(opts)
+
+
 def cmd_install(opts: argparse.Namespace) -> int:
     import shlex
 
@@ -274,7 +326,7 @@ def _split_run(argv: list[str]) -> tuple[list[str], list[str] | None]:
         return argv, None
     i = 1
     while i < len(argv):
-        if argv[i] in ("--config", "--set"):
+        if argv[i] in ("--config", "--set", "--from"):
             i += 2
         elif argv[i] == "--":
             return argv[: i + 2], argv[i + 2 :]
@@ -304,9 +356,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         "schema": cmd_schema,
         "install": cmd_install,
         "test": cmd_test,
+        "resume": cmd_resume,
     }
     handlers.update(commands.HANDLERS)
-    if opts.command == "run":
+    if opts.command in ("run", "resume"):
         _install_signal_handlers()
     try:
         return handlers[opts.command](opts)

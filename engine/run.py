@@ -36,12 +36,17 @@ def execute(
     done: set[str] | None = None,
     stream: Any = None,
     resumed_from: str | None = None,
+    restored: dict[str, dict[str, Any]] | None = None,
+    overrides: dict[str, Any] | None = None,
+    from_step: str | None = None,
 ) -> int:
+    from engine.resume import fingerprint
     from engine.steps import KINDS
 
     kinds = kinds or KINDS
     logger = Logger(workflow.name, run_id, masker, stream=stream or sys.stderr)
-    results: dict[str, dict[str, Any]] = {}
+    # steps.<id> of steps done in an earlier run (resume), so later expressions still read them
+    results: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (restored or {}).items()}
     try:
         ctx, r = context.build(workflow, cfg, params, dry_run=False, results=results, run_id=run_id)
     except RenderError as exc:
@@ -69,6 +74,10 @@ def execute(
         lock=lock_name,
         done=sorted(done or ()),
         resumed_from=resumed_from,
+        from_step=from_step,
+        config=os.path.abspath(cfg.path) if cfg.path else None,
+        overrides=overrides or {},
+        **fingerprint(workflow),  # what resume compares to know whether skipping done steps is safe
     )
     logger.event("started", f"args: {' '.join(repr(a) for a in argv)}")
     lock = RunLock(cfg.state_dir, lock_name)
