@@ -8,10 +8,12 @@ files that already exist are read — only read — to show a unified diff.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine import preview
 from engine.errors import NeedsRuntime, RenderError, StepFailure
 from engine.model import Step, Workflow
 from engine.render import Renderer
@@ -26,6 +28,8 @@ class PlannedStep:
     changes: bool = False
     ends_run: bool = False
     error: str | None = None
+    target: str | None = None  # where it would act (None: known at run time)
+    unchanged: bool = False  # --diff found nothing to change
 
 
 def _colour(enabled: bool) -> dict[str, str]:
@@ -68,11 +72,13 @@ def plan_step(step: Step, r: Renderer, kinds: dict[str, Any], rt: Any = None) ->
     except (RenderError, StepFailure) as exc:
         return PlannedStep(step, condition, error=str(exc))
     lines = list(action.text)
-    diff = getattr(kind, "diff", None)
+    diff = getattr(kind, "diff", None) or preview.DIFFS.get(step.kind)
+    unchanged = False
     if rt is not None and diff is not None:
         try:
             d = diff(action, rt)
             lines = [action.text[0]] + (d or ["(no change)"]) if d is not None else lines
+            unchanged = d == []
         except Exception as exc:  # read-only look-up failed: say so, show the content instead
             lines.append(f"(diff unavailable: {type(exc).__name__}: {exc})")
     return PlannedStep(
@@ -82,6 +88,8 @@ def plan_step(step: Step, r: Renderer, kinds: dict[str, Any], rt: Any = None) ->
         summary=action.summary,
         changes=getattr(kind, "changes_state", True) and condition != "false",
         ends_run=action.stop is not None and condition in ("true", "always"),
+        target=action.target,
+        unchanged=unchanged,
     )
 
 
@@ -96,8 +104,8 @@ def dry_run(
     params: dict[str, Any] | None = None,
 ) -> int:
     out = out or sys.stdout
-    if colour is None:
-        colour = hasattr(out, "isatty") and out.isatty()
+    if colour is None:  # only on a terminal, and never with NO_COLOR (https://no-color.org)
+        colour = hasattr(out, "isatty") and out.isatty() and not os.environ.get("NO_COLOR")
     c = _colour(bool(colour))
     write = lambda text="": out.write(masker.text(text) + "\n")  # noqa: E731
     write(f"{c['bold']}dry-run of {workflow.name}{c['reset']} ({workflow.path}) — nothing is executed")
@@ -107,7 +115,7 @@ def dry_run(
     if workflow.deadline:
         write(f"{c['dim']}deadline: {workflow.deadline:g}s{c['reset']}")
     errors = 0
-    would_run = 0
+    would_run: list[tuple[str, str | None, bool]] = []
     ended = False
     for n, step in enumerate(workflow.steps, 1):
         planned = plan_step(step, r, kinds, rt)
@@ -149,7 +157,7 @@ def dry_run(
         if extras:
             write(f"    {c['dim']}{'; '.join(extras)}{c['reset']}")
         if planned.changes and not ended:
-            would_run += 1
+            would_run.append((step.kind, planned.target, planned.unchanged))
         if planned.ends_run and not ended:
             ended = True
     if workflow.handlers:
@@ -168,11 +176,10 @@ def dry_run(
                 write(f"    {line}")
     write()
     if errors:
-        write(f"{c['red']}{errors} step(s) could not be rendered for these arguments{c['reset']}")
+        write(
+            f"{c['red']}{errors} step(s) could not be rendered for these arguments; "
+            f"check the arguments, or fix the workflow and run `pgpool-hook validate`{c['reset']}"
+        )
         return 1
-    write(
-        f"{c['bold']}would run {would_run} step(s)"
-        + (" and then exit early" if ended else "")
-        + f"; nothing was changed{c['reset']}"
-    )
+    write(f"{c['bold']}{preview.summary(would_run, ended)}{c['reset']}")
     return 0

@@ -253,7 +253,7 @@ def test_dry_run_shows_and_changes_nothing(site, capsys) -> None:  # type: ignor
     assert code == 0
     assert f"--- local:{site.out}" in out
     assert "    -1||5432|x|hello" in out
-    assert "would run 1 step(s); nothing was changed" in out
+    assert "would run 1 step(s): 1 template on this host; nothing was changed" in out
     assert not site.out.exists() and not site.state.exists()
 
 

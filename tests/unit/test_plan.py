@@ -91,7 +91,8 @@ def test_dry_run_shows_every_step(write, tmp_path) -> None:  # type: ignore[no-u
         "  demote (local)",
         "    (rendered at run time: uses steps.promote.rc)",
         "",
-        "would run 4 step(s) and then exit early; nothing was changed",
+        "would run 4 step(s) and then exit early: 1 local on this host, 1 ssh on pg-2.lan, "
+        "1 sql on pg-2.lan:5432/postgres, 1 template on this host; nothing was changed",
     ]
     assert "TopSecret" not in out
 
@@ -109,4 +110,4 @@ def test_dry_run_render_error_exits_1(write) -> None:  # type: ignore[no-untyped
     code, out = dry_run(write, ["../etc"], text)
     assert code == 1
     assert "    error: path '/srv/../etc' climbs out with '..' (from a value, not the workflow)" in out
-    assert out.splitlines()[-1] == "1 step(s) could not be rendered for these arguments"
+    assert out.splitlines()[-1].startswith("1 step(s) could not be rendered for these arguments; check ")
