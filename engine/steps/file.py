@@ -126,9 +126,12 @@ class FileKind:
         path, state = d["path"], d["state"]
         if state in ("present", "touch"):
             if fs.exists(path):
-                if d["mode"] is not None and fs.stat_mode(path) != d["mode"]:
+                old_mode = fs.stat_mode(path)
+                if d["mode"] is not None and old_mode != d["mode"]:
                     fs.chmod(path, d["mode"])
-                    return Outcome(ok=True, data={"changed": True}, changed=True, message="mode changed")
+                    out = Outcome(ok=True, data={"changed": True}, changed=True, message="mode changed")
+                    out.undo_state = ("mode", old_mode)
+                    return out
                 return Outcome(ok=True, data={"changed": False}, message="already there")
             fs.write_atomic(path, b"", d["mode"] if d["mode"] is not None else 0o600)
             out = Outcome(ok=True, data={"changed": True}, changed=True, message="created")
@@ -140,9 +143,10 @@ class FileKind:
             old = fs.read(path)
             if old is None:
                 return Outcome(ok=True, data={"changed": False}, message="already absent")
+            old_mode = fs.stat_mode(path)
             fs.remove(path)
             out = Outcome(ok=True, data={"changed": True}, changed=True, message="removed")
-            out.undo_state = ("content", old)
+            out.undo_state = ("content", old, old_mode)
             return out
         if state == "line":
             old = fs.read(path)
@@ -152,9 +156,10 @@ class FileKind:
             new = self.edit_lines(text, d["line"], d["regexp"])
             if old is not None and new == text:
                 return Outcome(ok=True, data={"changed": False}, message="line already there")
+            old_mode = fs.stat_mode(path) if old is not None else None
             fs.write_atomic(path, new.encode("utf-8"), d["mode"])
             out = Outcome(ok=True, data={"changed": True}, changed=True, message="line set")
-            out.undo_state = ("content", old) if old is not None else ("absent",)
+            out.undo_state = ("content", old, old_mode) if old is not None else ("absent",)
             return out
         if state == "line_absent":
             old = fs.read(path)
@@ -166,6 +171,7 @@ class FileKind:
             removed = len(text.splitlines()) - len(kept)
             if not removed:
                 return Outcome(ok=True, data={"changed": False, "removed": 0}, message="no matching line")
+            old_mode = fs.stat_mode(path)
             fs.write_atomic(path, ("\n".join(kept) + "\n" if kept else "").encode("utf-8"), d["mode"])
             out = Outcome(
                 ok=True,
@@ -173,7 +179,7 @@ class FileKind:
                 changed=True,
                 message=f"removed {removed} line(s)",
             )
-            out.undo_state = ("content", old)
+            out.undo_state = ("content", old, old_mode)
             return out
         # empty
         guard_tree(path)
@@ -203,7 +209,11 @@ class FileKind:
         if state[0] == "absent":
             fs.remove(d["path"])
             return Outcome(ok=True, message=f"removed {d['path']} again")
-        fs.write_atomic(d["path"], state[1], None)
+        if state[0] == "mode":
+            fs.chmod(d["path"], state[1])
+            return Outcome(ok=True, message=f"restored the mode of {d['path']}")
+        # the previous content, with the previous mode (a removed 0600 file must not come back 0644)
+        fs.write_atomic(d["path"], state[1], state[2] if len(state) > 2 else None)
         return Outcome(ok=True, message=f"restored {d['path']}")
 
 

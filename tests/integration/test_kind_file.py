@@ -147,3 +147,27 @@ def _postgres_ids() -> tuple[int, int]:
 
     pw = pwd.getpwnam("postgres")
     return pw.pw_uid, pw.pw_gid
+
+
+def test_reverts_restore_the_previous_mode(where: tuple[KindRunner, Path, dict[str, Any]]) -> None:
+    runner, folder, extra = where
+    secret = folder / "pcppass"
+    secret.write_text("host:9898:pgpool:pw\n")
+    os.chmod(secret, 0o600)
+    conf = folder / "postgresql.conf"
+    conf.write_text("port = 5432\n")
+    os.chmod(conf, 0o644)
+    if extra:
+        for path in (secret, conf):
+            os.chown(path, *_postgres_ids())
+    removed = runner.run("file", {"path": str(secret), "state": "absent", **extra})
+    runner.revert("file", *removed)
+    assert secret.read_text() == "host:9898:pgpool:pw\n" and mode_of(secret) == 0o600
+    chmod = runner.run("file", {"path": str(conf), "state": "present", "mode": "0600", **extra})
+    assert mode_of(conf) == 0o600
+    runner.revert("file", *chmod)
+    assert mode_of(conf) == 0o644
+    line = runner.run("file", {"path": str(conf), "state": "line", "line": "port = 5433", "regexp": "^port",
+                               "mode": "0640", **extra})  # fmt: skip
+    runner.revert("file", *line)
+    assert conf.read_text() == "port = 5432\n" and mode_of(conf) == 0o644
