@@ -224,3 +224,17 @@ def test_rehearsal_touches_nothing(
     code, out, _ = rehearse(capsys, "--config", str(cfg), str(ROOT / "workflows" / "tests"))
     assert code == 0, out
     assert not state.exists()
+
+
+def test_the_example_in_the_docs_is_a_passing_case(
+    capsys: pytest.CaptureFixture[str], config: Path, tmp_path: Path
+) -> None:
+    import re
+
+    example = re.findall(r"```yaml\n(.*?)```", (ROOT / "docs" / "rehearsal.md").read_text(), re.S)[0]
+    path = tmp_path / "example.yaml"
+    path.write_text(
+        example.replace("workflow: follow_primary", f"workflow: {ROOT}/workflows/follow_primary.yaml")
+    )
+    code, out, err = rehearse(capsys, "--config", str(config), str(path))
+    assert code == 0, out + err

@@ -311,3 +311,18 @@ def test_from_follows_needs_not_only_file_order(tmp_path: Path) -> None:
     wf = validate.load_workflow(str(path))
     assert resume.from_step(wf, "c").done == {"b"}  # a needs c, so it still runs after it
     assert resume.from_step(wf, "d").done == {"a", "b", "c"}
+
+
+def test_from_on_the_shipped_follow_primary() -> None:
+    from engine import resume, validate
+
+    root = Path(__file__).resolve().parents[2]
+    wf = validate.load_workflow(str(root / "workflows" / "follow_primary.yaml"))
+    assert resume.from_step(wf, "rewind").done == {
+        "node_status",
+        "skip_stopped_node",
+        "checkpoint",
+        "create_slot",
+        "stop_node",
+    }
+    assert resume.from_step(wf, "node_status").done == set()
