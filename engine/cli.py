@@ -41,6 +41,12 @@ examples:
   pgpool-hook run --dry-run failover 0 pg1 5432 /var/lib/postgresql/15/main 1 pg2 0 0 5432 \\
       /var/lib/postgresql/15/main pg1 5432   # show what a failover of node 0 would do
   pgpool-hook run follow_primary %d %h %p %D %m %H %M %P %r %R   # as pgpool's follow_primary_command
+  pgpool-hook graph follow_primary           # the step graph, as Mermaid (--format dot: Graphviz)
+  pgpool-hook history                        # recent runs and their outcomes
+  pgpool-hook show 3f2a9c                    # one run step by step (a prefix of its run id)
+
+`pgpool-hook COMMAND --help` describes a command.  Manual: docs/ (workflows.md, workflow-format.md,
+reference.md, configuration.md, recipes.md).
 """
 
 
@@ -56,9 +62,15 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run",
         help="run a workflow with pgpool's arguments",
-        description="Run WORKFLOW (a name in the workflows folder, or a path) with the arguments pgpool passes. "
-        "Everything after WORKFLOW is passed through untouched, including -1 and empty strings.",
-        epilog="example: pgpool-hook run --dry-run remote_start 10.0.0.2 /var/lib/postgresql/15/main",
+        description="Run WORKFLOW (a name in the workflows folder, or a path) with the arguments pgpool\n"
+        "passes. Everything after WORKFLOW is passed through untouched, including -1 and empty\n"
+        "strings. With --dry-run, print every step rendered for these arguments and change nothing.",
+        epilog="examples:\n"
+        "  pgpool-hook run --dry-run remote_start 10.0.0.2 /var/lib/postgresql/15/main\n"
+        "  pgpool-hook run --dry-run --diff follow_primary 1 pg2 5432 /var/lib/postgresql/15/main 0 pg1 0 0 "
+        "5432 ''\n"
+        "  pgpool-hook run --set vars.promote_timeout=120 failover %d %h %p %D %m %H %M %P %r %R %N %S",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_run_options(run)
     run.add_argument("workflow", help="workflow name or path")
@@ -97,9 +109,19 @@ def _parser() -> argparse.ArgumentParser:
     sch = sub.add_parser(
         "schema",
         help="print the JSON Schema of workflows or of the config",
-        epilog="example: pgpool-hook schema workflow > workflow.schema.json",
+        description="Print the JSON Schema (draft 2020-12) of the workflow format (default) or of the "
+        "config file. Editors with a YAML language server complete and check keys with it: start a "
+        "file with `# yaml-language-server: $schema=PATH`. The same schemas are in schema/ of the "
+        "source tree, and docs/reference.md describes every key.",
+        epilog="example: pgpool-hook schema config > /etc/pgpool2/pgpool-hook.schema.json",
     )
-    sch.add_argument("which", nargs="?", choices=["workflow", "config"], default="workflow")
+    sch.add_argument(
+        "which",
+        nargs="?",
+        choices=["workflow", "config"],
+        default="workflow",
+        help="which schema (default: workflow)",
+    )
 
     tst = sub.add_parser(
         "test",
