@@ -10,9 +10,11 @@ resume
     again).  Its recorded result (from the journal, secrets masked) is put back
     in ``steps.<id>``.  Every ``run_started`` record carries a digest of each
     step's definition, so resume refuses when a step it would skip changed,
-    was removed or renamed, or when the order of the done steps changed: the
-    new definition would never run, and the steps after it would build on what
-    the old one did.  Changes in steps that will run again are fine.
+    was removed or renamed, when the order of the done steps changed, or when a
+    new step comes before a done one: the new definition would never run, and
+    the steps after it would build on what the old one did.  Changes in steps
+    that will run again are fine.  An ``exit`` step is never done: it decides
+    again, so resume never runs past a deliberate exit.
 
 run --from STEP
     The steps before STEP — its ancestors in the ``needs`` graph, and the steps
@@ -245,7 +247,9 @@ def plan_resume(state_dir: str, run_id: str, workflow: Workflow, run: Any) -> St
         if ev.get("event") == "step" and ev.get("phase") == "main" and ev.get("status") == "succeeded"
     }
     earlier_done = set(started.get("done") or [])
-    done = (earlier_done | set(succeeded)) - rolled_back
+    # an exit step that ended the run on purpose decides again: resume must not run past it
+    exits = {s.id for s in workflow.steps if getattr(KINDS.get(s.kind), "ends_run", False)}
+    done = (earlier_done | set(succeeded)) - rolled_back - exits
     start = Start(done=set(done))
     # results of steps done in earlier runs of the chain (resume of a resume)
     chain: list[Any] = []
@@ -319,6 +323,15 @@ def _check_changes(workflow: Workflow, start: Start, started: dict[str, Any], ri
             )
     old_order = [s for s in old if s in start.done and s in current]
     new_order = [s for s in current if s in start.done and s in old]
+    order = list(current)
+    last_done = max((order.index(s) for s in start.done if s in current), default=-1)
+    for sid in order[: last_done + 1]:
+        if sid not in old:
+            later = [d for d in order[order.index(sid) + 1 :] if d in start.done]
+            problems.append(
+                f"step {sid} is new since run {rid} and comes before {', '.join(later)}, done in that run: "
+                "it would now run after them, not before as the workflow says"
+            )
     if old_order != new_order:
         problems.append(
             f"the order of the steps done in run {rid} changed ({', '.join(old_order)} -> "

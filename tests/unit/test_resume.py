@@ -326,3 +326,28 @@ def test_from_on_the_shipped_follow_primary() -> None:
         "stop_node",
     }
     assert resume.from_step(wf, "node_status").done == set()
+
+
+def test_resume_does_not_run_past_a_deliberate_exit(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
+    site.edit(
+        "  - id: s3\n",
+        "  - id: stop\n    when: node == 'halt'\n    exit: {code: 4, message: halted}\n  - id: s3\n",
+    )
+    code, err = cli(capsys, "run", "five", "halt")
+    assert code == 4, err
+    rid = str(site.runs()[-1]["run"])
+    site.flag.touch()
+    code, err = cli(capsys, "resume", rid)
+    assert code == 4, err  # the exit step decided again, with the same arguments
+    assert site.lines() == ["s1-halt"]
+    assert site.runs()[-1]["done"] == ["s1", "s2"]
+
+
+def test_resume_refused_when_a_step_is_inserted_before_done_steps(
+    site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rid = failed_run(site, capsys)
+    site.edit("steps:\n", "steps:\n  - id: fence\n    local: [echo, fence]\n    needs: []\n")
+    code, err = cli(capsys, "resume", rid)
+    assert code == 2
+    assert f"step fence is new since run {rid} and comes before s1, s2, done in that run" in err
