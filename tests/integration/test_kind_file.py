@@ -15,7 +15,8 @@ from engine.errors import StepFailure
 HOST = "127.0.0.11"
 
 
-@pytest.fixture(params=["local", "sftp"])
+# the sftp variant gets the integration marker explicitly: it reaches sshd via getfixturevalue
+@pytest.fixture(params=["local", pytest.param("sftp", marks=pytest.mark.integration)])
 def where(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[KindRunner, Path, dict[str, Any]]:
     if request.param == "local":
         return request.getfixturevalue("local_runner"), tmp_path, {}
@@ -97,7 +98,7 @@ def test_line_leaves_exactly_one_include(where: tuple[KindRunner, Path, dict[str
 
 
 def test_empty_removes_contents_without_following_symlinks(
-    where: tuple[KindRunner, Path, dict[str, Any]], sandbox_base: Path
+    where: tuple[KindRunner, Path, dict[str, Any]],
 ) -> None:
     runner, folder, extra = where
     slots = folder / "pg_replslot"

@@ -15,7 +15,8 @@ from engine.errors import StepFailure
 HOST = "127.0.0.11"
 
 
-@pytest.fixture(params=["local", "sftp"])
+# the sftp variant gets the integration marker explicitly: it reaches sshd via getfixturevalue
+@pytest.fixture(params=["local", pytest.param("sftp", marks=pytest.mark.integration)])
 def where(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[KindRunner, Path, dict[str, Any]]:
     """(runner, folder, extra body fields): the same checks locally and on a node over SFTP."""
     if request.param == "local":
