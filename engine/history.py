@@ -108,7 +108,16 @@ class RunSummary:
 def load(state_dir: str) -> list[RunSummary]:
     """Every run in the journal, oldest first."""
     out: list[RunSummary] = []
-    for run_id, events in journal.runs(state_dir).items():
+    try:
+        grouped = journal.runs(state_dir)
+    except OSError as exc:  # e.g. another user's journal, mode 0600
+        where = os.path.join(state_dir, journal.FILE_NAME)
+        raise InvalidInput(
+            Problem(where, None, None, "", f"cannot read the journal: {exc.strerror or exc}"),
+            hint="run as the user the hooks run as (pgpool's OS user, often postgres), e.g. "
+            "`sudo -u postgres pgpool-hook history`",
+        ) from None
+    for run_id, events in grouped.items():
         summary = RunSummary(run_id, events)
         for ev in events:
             if ev.get("event") == "run_started" and not summary.started:

@@ -219,3 +219,15 @@ def test_history_uses_the_state_dir_of_the_config(site: Site, tmp_path: Path) ->
     assert "no runs recorded in " + os.path.join(str(tmp_path / "elsewhere"), "journal.jsonl") in (
         site.capsys.readouterr().out
     )
+
+
+def test_an_unreadable_journal_says_who_can_read_it(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine import journal
+
+    def denied(state_dir: str) -> Any:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(journal, "runs", denied)
+    code, _, err = site.cli("history")
+    assert code == 2
+    assert "cannot read the journal: Permission denied" in err and "sudo -u postgres" in err
