@@ -23,6 +23,7 @@ Case format (see ``docs/rehearsal.md``)::
       steps: [node_status, checkpoint, create_slot, stop_node, rewind, drop_created_slot]
       exit: 1
       skipped: [skip_stopped_node]    # optional: steps whose `when` was false, in order
+      reverted: []                    # optional: file/template changes put back on rollback
       attempts: {verify_streaming: 3} # optional
       status: rolled-back             # optional: the run's status in the journal
       rendered:                       # optional: part of what a step's plan() produced
@@ -98,6 +99,7 @@ CASE_SCHEMA: dict[str, Any] = {
                 "steps": {"type": "array", "items": {"type": "string"}},
                 "exit": {"type": "integer", "minimum": 0, "maximum": 255},
                 "skipped": {"type": "array", "items": {"type": "string"}},
+                "reverted": {"type": "array", "items": {"type": "string"}},
                 "attempts": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}},
                 "status": {"type": "string"},
                 "rendered": {"type": "object", "additionalProperties": {"type": "object"}},
@@ -123,6 +125,7 @@ class Actual:
     exit_code: int
     steps: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    reverted: list[str] = field(default_factory=list)  # built-in reverts on rollback, in order
     attempts: dict[str, int] = field(default_factory=dict)
     status: str = ""
     message: str = ""
@@ -303,7 +306,7 @@ def load_case(path: str, workflows_dir: str) -> tuple[Case, Any]:
                 problems.append(_problem(path, doc, where, "give `fail` or `error`, not both"))
         results[sid] = [source.plain(e) for e in entries]
     expect = doc["expect"]
-    for key in ("steps", "skipped"):
+    for key in ("steps", "skipped", "reverted"):
         for i, sid in enumerate(expect.get(key) or []):
             if sid not in ids:
                 unknown(["expect", key, i], sid)
@@ -378,6 +381,8 @@ def run_case(case: Case, config_path: str | None, doc: Any = None) -> Actual:
             else:
                 actual.steps.append(sid)
                 actual.attempts[sid] = int(ev.get("attempts") or 0)
+        elif ev.get("event") == "revert":
+            actual.reverted.append(str(ev.get("step")))
         elif ev.get("event") == "run_finished":
             actual.status = str(ev.get("status") or "")
             actual.message = str(ev.get("message") or "")
@@ -424,6 +429,9 @@ def compare(case: Case, actual: Actual) -> list[str]:
     if "skipped" in exp and exp["skipped"] != actual.skipped:
         out.append("skipped steps differ (- expected, + actual):")
         out += _sequence_diff(exp["skipped"], actual.skipped)
+    if "reverted" in exp and exp["reverted"] != actual.reverted:
+        out.append("reverted steps differ (- expected, + actual):")
+        out += _sequence_diff(exp["reverted"], actual.reverted)
     for sid, n in (exp.get("attempts") or {}).items():
         got = actual.attempts.get(sid, 0)
         if got != n:

@@ -351,3 +351,27 @@ def test_resume_refused_when_a_step_is_inserted_before_done_steps(
     code, err = cli(capsys, "resume", rid)
     assert code == 2
     assert f"step fence is new since run {rid} and comes before s1, s2, done in that run" in err
+
+
+def test_resume_reuses_overrides_but_not_masked_secrets(
+    site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the first run looks for the flag somewhere else (--set), and fails at s3
+    code, _ = cli(capsys, "run", "--set", f"vars.flag={site.base / 'other'}", "five", "n1")
+    assert code == 1
+    rid = str(site.runs()[-1]["run"])
+    site.flag.touch()  # the default flag: not what the run looks for
+    assert cli(capsys, "resume", rid)[0] == 1  # same --set again: still failing
+    assert site.runs()[-1]["overrides"] == {"vars": {"flag": str(site.base / "other")}}
+    (site.base / "other").touch()
+    assert cli(capsys, "resume", str(site.runs()[-1]["run"]))[0] == 0
+    # a --set value that is a secret is masked in the journal: resume wants it again
+    site.config.write_text(site.config.read_text() + "secrets: {pw: {value: hunter2hunter2}}\n")
+    code, _ = cli(capsys, "run", "--set", "vars.flag=hunter2hunter2", "five", "n1")
+    assert code == 1
+    rid = str(site.runs()[-1]["run"])
+    code, err = cli(capsys, "resume", rid)
+    assert code == 2
+    assert "was started with --set values that are secrets (masked in the journal)" in err
+    code, err = cli(capsys, "resume", "--set", f"vars.flag={site.flag}", rid)
+    assert code == 0, err
