@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -128,3 +130,12 @@ def test_graph_of_an_unknown_or_invalid_workflow_exits_2(capsys: Any, tmp_path: 
     assert code == 2 and "no workflow named 'nope'" in err
     code, _, err = graph_of(capsys, str(tmp_path / "broken.yaml"))
     assert code == 2 and "broken.yaml" in err and "pgpool-hook validate" in err
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz is not installed")
+@pytest.mark.parametrize("name", SHIPPED)
+def test_graphviz_accepts_the_dot_output(name: str) -> None:
+    text = graph.dot(validate.load_workflow(str(ROOT / "workflows" / f"{name}.yaml")))
+    proc = subprocess.run(["dot", "-Tsvg"], input=text, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "<svg" in proc.stdout
