@@ -231,3 +231,26 @@ def test_an_unreadable_journal_says_who_can_read_it(site: Site, monkeypatch: pyt
     code, _, err = site.cli("history")
     assert code == 2
     assert "cannot read the journal: Permission denied" in err and "sudo -u postgres" in err
+
+
+def test_show_cuts_long_rendered_text_unless_full(site: Site) -> None:
+    lines = "\n".join(f"line {i}" for i in range(30))
+    (site.base / "long.yaml").write_text(
+        dedent(
+            f"""
+            name: long
+            params: [dest]
+            steps:
+              - id: write
+                template:
+                  dest: "{{{{ dest }}}}"
+                  content: {json.dumps(lines)}
+            """
+        )
+    )
+    run_id = site.run("long", str(site.base / "out.conf"))
+    _, out, _ = site.cli("show", run_id)
+    assert "| line 10" in out and "| line 11" not in out
+    assert "… 19 more line(s) (--full shows them)" in out
+    _, out, _ = site.cli("show", "--full", run_id)
+    assert "| line 29" in out and "more line(s)" not in out
