@@ -238,3 +238,12 @@ def test_the_example_in_the_docs_is_a_passing_case(
     )
     code, out, err = rehearse(capsys, "--config", str(config), str(path))
     assert code == 0, out + err
+
+
+def test_verbose_prints_the_rehearsed_run_log(capsys: pytest.CaptureFixture[str], config: Path) -> None:
+    code, out, _ = rehearse(
+        capsys, "--config", str(config), "-v", str(ROOT / "workflows" / "tests" / "remote_start_starts.yaml")
+    )
+    assert code == 0
+    assert "      | " in out
+    assert "step=verify_running attempt=1 outcome=failed exit status 3: pg_ctl: no server running" in out
