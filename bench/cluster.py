@@ -136,6 +136,7 @@ class Bench:
     sandbox: PgpoolSandbox | None = field(default=None, init=False)
     scripts: dict[str, Path] = field(default_factory=dict, init=False)
     runs: int = field(default=0, init=False)
+    cpu: dict[str, dict[str, list[float]]] = field(default_factory=dict, init=False)
     build_seconds: list[float] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
@@ -265,6 +266,7 @@ class Bench:
         self.runs += 1
         log = self.logs_dir / f"{self.runs:03d}-{case}-{tool}.log"
         result = run_hook(command, env=env, cwd=cwd, log=log)
+        self.cpu.setdefault(case, {}).setdefault(tool, []).append(result.cpu)
         if result.rc != 0:
             raise RunFailed(f"{case}/{tool} exited {result.rc}; log {log}:\n{tail(log)}")
         return result.seconds

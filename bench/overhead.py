@@ -63,6 +63,7 @@ def measure(
             if result.rc != 0:
                 raise RuntimeError(f"warm-up of {command!r} failed (rc={result.rc}): see {result.log}")
     times: dict[str, list[float]] = {name: [] for name in commands}
+    cpu: dict[str, list[float]] = {name: [] for name in commands}
     names = list(commands)
     for i in range(rounds):
         order = names[i % len(names) :] + names[: i % len(names)]  # rotate who goes first
@@ -71,6 +72,7 @@ def measure(
             if result.rc != 0:
                 raise RuntimeError(f"{commands[name]!r} failed with rc={result.rc}")
             times[name].append(result.seconds)
+            cpu[name].append(result.cpu)
     log("  start-up: " + ", ".join(f"{n} {statistics.median(v) * 1000:.0f} ms" for n, v in times.items()))
 
     dry: dict[str, Any] = {}
@@ -103,6 +105,9 @@ def measure(
     return {
         "commands": {n: c for n, c in commands.items()},
         "samples": times,
+        "cpu_samples": cpu,
+        # CPU time (user + system) is much less sensitive to other load on the machine than wall time
+        "cpu": {name: summary(values) for name, values in cpu.items()},
         "python_pass": summary(times["python_pass"]),
         "noop_run": paired(times["noop_run"], times["python_pass"]),
         "validate": paired(times["validate"], times["python_pass"]),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import resource
 import subprocess
 import time
 from collections.abc import Mapping
@@ -24,6 +25,7 @@ class Timed:
     seconds: float
     rc: int
     log: Path | None
+    cpu: float = 0.0  # user + system CPU seconds of the hook and every child it waited for
 
 
 def _ids(user: str) -> tuple[int, int]:
@@ -44,6 +46,7 @@ def run_hook(
     uid, gid = _ids(user)
     out = open(log, "wb") if log is not None else subprocess.DEVNULL  # noqa: SIM115
     try:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         proc = subprocess.run(
             ["/bin/sh", "-c", command],
@@ -59,12 +62,14 @@ def run_hook(
             check=False,
         )
         seconds = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
     finally:
         if log is not None:
             out.close()  # type: ignore[union-attr]
     if log is not None and os.geteuid() == 0:
         os.chown(log, uid, gid)
-    return Timed(seconds, proc.returncode, log)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return Timed(seconds, proc.returncode, log, cpu)
 
 
 def tail(path: Path | None, lines: int = 30) -> str:
