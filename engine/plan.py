@@ -135,7 +135,7 @@ def dry_run(
             write(f"    {c['red']}error: {planned.error}{c['reset']}")
             continue
         for line in planned.lines:
-            write(f"    {line}")
+            write(f"    {preview.colour_diff(line, c) if rt is not None else line}")
         extras = []
         if step.retry.attempts > 1:
             extras.append(

@@ -66,6 +66,19 @@ def file_diff(action: Action, rt: Any) -> list[str] | None:
     return None
 
 
+def colour_diff(line: str, c: dict[str, str]) -> str:
+    """A diff line in green (added) or red (removed); ``c`` is the dry-run's colour table."""
+    if line.startswith(("+++", "---")):
+        return f"{c['bold']}{line}{c['reset']}"
+    if line.startswith("+"):
+        return f"{c['green']}{line}{c['reset']}"
+    if line.startswith("-"):
+        return f"{c['red']}{line}{c['reset']}"
+    if line.startswith("@@"):
+        return f"{c['cyan']}{line}{c['reset']}"
+    return line
+
+
 DIFFS: dict[str, Callable[[Action, Any], list[str] | None]] = {"file": file_diff}
 
 

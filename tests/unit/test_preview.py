@@ -168,3 +168,13 @@ def test_colour_only_on_a_terminal_and_never_with_no_color(tmp_path: Path, monke
     monkeypatch.setenv("NO_COLOR", "1")
     assert "\033[" not in render(FakeTTY())
     assert os.environ["NO_COLOR"] == "1"
+
+
+def test_diff_lines_are_coloured_on_a_terminal() -> None:
+    c = plan._colour(True)
+    assert preview.colour_diff("+port = 5433", c) == "\033[32m+port = 5433\033[0m"
+    assert preview.colour_diff("-port = 5432", c) == "\033[31m-port = 5432\033[0m"
+    assert preview.colour_diff("--- a (now)", c).startswith("\033[1m")
+    assert preview.colour_diff(" same", c) == " same"
+    plain = plan._colour(False)
+    assert preview.colour_diff("+x", plain) == "+x"
