@@ -297,7 +297,7 @@ def show(state_dir: str, prefix: str, full: bool = False) -> list[str]:
     attempts: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
     n = 0
     rolled_back = False
-    for ev in run.events:
+    for i, ev in enumerate(run.events):
         kind = ev.get("event")
         if kind == "attempt":
             attempts.setdefault((ev.get("step"), ev.get("phase")), []).append(ev)
@@ -309,6 +309,10 @@ def show(state_dir: str, prefix: str, full: bool = False) -> list[str]:
             else:
                 label = "     ↳" if not rolled_back else "    "
             out.extend(_step_lines(ev, attempts.pop(key, []), label, full))
+            if ev.get("phase") == "main" and ev.get("status") == "failed":
+                note = _went_on(run.events[i + 1 :], str(ev.get("step")), run.finished)
+                if note:
+                    out.append(" " * (len(label) + 1) + note)
         elif kind == "rollback":
             rolled_back = True
             out.append("")
@@ -319,6 +323,28 @@ def show(state_dir: str, prefix: str, full: bool = False) -> list[str]:
     out.append("")
     out.extend(_outcome_lines(run))
     return out
+
+
+def _went_on(later: list[dict[str, Any]], step_id: str, finished: dict[str, Any] | None) -> str:
+    """For a failed main step: how the run went on past it, judged from the events after it."""
+    fallbacks: list[dict[str, Any]] = []
+    went_on = False
+    for ev in later:
+        if ev.get("event") == "rollback":
+            break
+        if ev.get("event") == "step" and ev.get("phase") == "fallback":
+            fallbacks.append(ev)
+        elif ev.get("event") == "step" and ev.get("phase") == "main":
+            went_on = True  # a later step ran: this failure did not stop the run
+            break
+    if not went_on and finished is not None:  # the last step: the end record tells
+        went_on = finished.get("status") in ("succeeded", "exited") and finished.get("failed_step") != step_id
+    if not went_on:
+        return ""
+    if fallbacks:
+        names = ", ".join(str(f.get("step")) for f in fallbacks)
+        return f"→ recovered by fallback {names}; the run went on"
+    return "→ warn-only (on_error: continue); the run went on"
 
 
 def _outcome_lines(run: RunSummary) -> list[str]:

@@ -254,3 +254,31 @@ def test_show_cuts_long_rendered_text_unless_full(site: Site) -> None:
     assert "… 19 more line(s) (--full shows them)" in out
     _, out, _ = site.cli("show", "--full", run_id)
     assert "| line 29" in out and "more line(s)" not in out
+
+
+def test_show_says_when_a_failed_step_did_not_stop_the_run(site: Site) -> None:
+    (site.base / "goes_on.yaml").write_text(
+        dedent(
+            """
+            name: goes_on
+            steps:
+              - id: rescued
+                local: ["false"]
+                on_error: plan_b
+              - id: warn_only
+                local: ["false"]
+                on_error: continue
+            handlers:
+              - id: plan_b
+                local: ["true"]
+            """
+        )
+    )
+    run_id = site.run("goes_on")
+    _, out, _ = site.cli("show", run_id)
+    rescued = out.split("1. rescued")[1].split("2. warn_only")[0]
+    assert "→ recovered by fallback plan_b; the run went on" in rescued
+    assert "→ warn-only (on_error: continue); the run went on" in out.split("2. warn_only")[1]
+    assert "outcome: succeeded, exit code 0" in out
+    _, out, _ = site.cli("show", site.run("bad", "2", "pg2", str(site.base / "flag")))
+    assert "went on" not in out
