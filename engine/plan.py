@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import textwrap
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,7 +130,8 @@ def dry_run(
         write()
         write(f"{c[colour_key]}{c['bold']}{head}{c['reset']}")
         if step.description:
-            write(f"    # {step.description}")
+            for part in textwrap.wrap(step.description, 96):
+                write(f"    # {part}")
         if planned.error:
             errors += 1
             write(f"    {c['red']}error: {planned.error}{c['reset']}")
