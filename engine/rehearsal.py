@@ -75,7 +75,9 @@ RESULT_SCHEMA: dict[str, Any] = {
 
 CASE_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "https://pgpool-hook.invalid/schema/case.json",
     "title": "pgpool-hook rehearsal case",
+    "description": "A rehearsal case for `pgpool-hook test` (see docs/rehearsal.md).",
     "type": "object",
     "additionalProperties": False,
     "required": ["workflow", "args", "expect"],

@@ -247,3 +247,19 @@ def test_verbose_prints_the_rehearsed_run_log(capsys: pytest.CaptureFixture[str]
     assert code == 0
     assert "      | " in out
     assert "step=verify_running attempt=1 outcome=failed exit status 3: pg_ctl: no server running" in out
+
+
+def test_checked_in_case_schema_is_the_one_the_code_uses() -> None:
+    import json
+
+    from engine.rehearsal import CASE_SCHEMA
+
+    path = ROOT / "schema" / "case.schema.json"
+    assert json.loads(path.read_text()) == CASE_SCHEMA, (
+        "schema/case.schema.json is stale: write json.dumps(engine.rehearsal.CASE_SCHEMA, indent=2) to it"
+    )
+
+
+@pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
+def test_shipped_case_names_its_schema_for_editors(path: Path) -> None:
+    assert path.read_text().startswith("# yaml-language-server: $schema=../../schema/case.schema.json\n")
