@@ -215,6 +215,7 @@ def cmd_run(opts: argparse.Namespace) -> int:
     )
     params = context.bind_params(workflow, list(opts.args))
     masker = Masker(cfg.mask_values())
+    opts.masker = masker  # main() masks the error it prints, too (a render error can quote a value)
     run_id = uuid.uuid4().hex[:12]
     if opts.dry_run and opts.from_step:
         raise InvalidInput(
@@ -383,13 +384,18 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     handlers.update(commands.HANDLERS)
     if opts.command in ("run", "resume"):
         _install_signal_handlers()
+
+    def say(text: str) -> None:
+        masker = getattr(opts, "masker", None)
+        print(masker.text(text) if masker is not None else text, file=sys.stderr)
+
     try:
         return handlers[opts.command](opts)
     except InvalidInput as exc:
-        print(exc.render(), file=sys.stderr)
+        say(exc.render())
         return EXIT_INVALID
     except HookError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        say(f"error: {exc}")
         return exc.exit_code
     except Interrupted as exc:
         print(f"error: interrupted by {exc} before the run started; nothing was changed", file=sys.stderr)
@@ -400,8 +406,5 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     except Exception as exc:  # a bug: say so plainly; the traceback only on request
         if os.environ.get("PGPOOL_HOOK_DEBUG"):
             raise
-        print(
-            f"internal error: {type(exc).__name__}: {exc} (set PGPOOL_HOOK_DEBUG=1 for a traceback)",
-            file=sys.stderr,
-        )
+        say(f"internal error: {type(exc).__name__}: {exc} (set PGPOOL_HOOK_DEBUG=1 for a traceback)")
         return EXIT_FAILED

@@ -10,12 +10,14 @@ every resolved secret is registered with the masker.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from engine import source
 from engine.errors import InvalidInput, Problem
+from engine.masking import MASK
 
 DEFAULT_PATH = "/etc/pgpool2/pgpool-hook.yaml"
 
@@ -237,6 +239,28 @@ def _slot_rule_problems(rule: str, doc: Any, path: str | None) -> list[Problem]:
     return [Problem(where, pos[0] if pos else None, pos[1] if pos else None, "replication_slot", message)]
 
 
+def _secret_literals(*docs: Any) -> list[Any]:
+    """Every value written under ``secrets:`` (in the file or ``--set``), except env and file names."""
+    found: list[Any] = []
+    todo: list[tuple[Any, Any]] = [(d.get("secrets"), None) for d in docs if isinstance(d, dict)]
+    while todo:
+        node, key = todo.pop()
+        if isinstance(node, dict):
+            todo.extend((v, k) for k, v in node.items())
+        elif isinstance(node, list):
+            todo.extend((v, key) for v in node)
+        elif node is not None and node != "" and key not in ("env", "file"):
+            found.append(node)
+    return found
+
+
+def _hide(message: str, literals: list[Any]) -> str:
+    """The message with each literal as it is quoted there (repr: a one-letter secret spares words)."""
+    for value in sorted(literals, key=lambda v: len(repr(v)), reverse=True):
+        message = message.replace(repr(value), repr(MASK) if isinstance(value, str) else MASK)
+    return message
+
+
 def find_path(explicit: str | None) -> str | None:
     if explicit:
         return explicit
@@ -317,6 +341,8 @@ def load(
         if not problems and marker is not None and remember:
             _touch(marker)
     if problems:
+        literals = _secret_literals(doc, overrides)  # the schema's messages quote values
+        problems = [dataclasses.replace(p, message=_hide(p.message, literals)) for p in problems]
         raise InvalidInput(problems, hint="fix the config file (see docs/configuration.md)")
     data = _merge(DEFAULTS, source.plain(raw))
     for section, key in PATH_KEYS:
