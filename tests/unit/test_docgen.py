@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -58,3 +59,21 @@ def test_main_prints_the_reference(capsys: Any) -> None:
     assert docgen.main([]) == 0
     assert capsys.readouterr().out == docgen.reference()
     assert docgen.main(["--bogus"]) == 2
+
+
+def _anchor(heading: str) -> str:
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_links_between_pages_resolve() -> None:
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    for page in pages:
+        if not page.exists():
+            continue
+        for target, anchor in re.findall(r"\]\(([^)#:\s]+\.md)(?:#([^)\s]+))?\)", page.read_text()):
+            path = (page.parent / target).resolve()
+            assert path.exists(), f"{page.name}: link to missing {target}"
+            if anchor:
+                headings = re.findall(r"^#+ (.+)$", path.read_text(), re.M)
+                assert anchor in {_anchor(h) for h in headings}, f"{page.name}: no #{anchor} in {target}"
