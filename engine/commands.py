@@ -46,13 +46,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
         "`pgpool-hook show RUN_ID` prints one run step by step.",
         epilog="examples:\n"
         "  pgpool-hook history                                   # the last 20 runs\n"
-        "  pgpool-hook history --workflow follow_primary --limit 5",
+        "  pgpool-hook history --workflow follow_primary --limit 5\n"
+        "  pgpool-hook history --json --limit 1 | jq -r .outcome        # for a monitoring check",
     )
     h.add_argument("--config", help=CONFIG_HELP + "; its state_dir holds the journal")
     h.add_argument(
         "--limit", type=int, default=20, metavar="N", help="show at most N runs (default 20; 0: all)"
     )
     h.add_argument("--workflow", metavar="NAME", help="only runs of this workflow")
+    h.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per run (run, started, workflow, node, args, "
+        "outcome, exit_code, duration, failed_step, message), for monitoring",
+    )
 
     s = sub.add_parser(
         "show",
@@ -92,7 +99,8 @@ def _state_dir(opts: argparse.Namespace) -> str:
 def cmd_history(opts: argparse.Namespace) -> int:
     from engine import history
 
-    for line in history.history(_state_dir(opts), opts.limit, opts.workflow):
+    show = history.history_json if opts.json else history.history
+    for line in show(_state_dir(opts), opts.limit, opts.workflow):
         print(line)
     return 0
 

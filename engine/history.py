@@ -156,14 +156,42 @@ def find(state_dir: str, prefix: str) -> RunSummary:
 # -- history ------------------------------------------------------------------
 
 
-def history(state_dir: str, limit: int = 20, workflow: str | None = None) -> list[str]:
+def newest_first(state_dir: str, workflow: str | None = None) -> list[RunSummary]:
     runs = [r for r in load(state_dir) if workflow is None or r.workflow == workflow]
+    # runs started in the same millisecond keep their journal order, reversed
+    return [r for _, r in sorted(enumerate(runs), key=lambda p: (p[1].start_ts or 0.0, p[0]), reverse=True)]
+
+
+def history_json(state_dir: str, limit: int = 20, workflow: str | None = None) -> list[str]:
+    """One JSON object per run, newest first: for monitoring scripts."""
+    import json
+
+    runs = newest_first(state_dir, workflow)
+    out = []
+    for r in runs[:limit] if limit > 0 else runs:
+        f = r.finished or {}
+        record = {
+            "run": r.run_id,
+            "started": _when(r.start_ts).replace(" ", "T") if r.start_ts is not None else None,
+            "workflow": r.workflow,
+            "node": r.node,
+            "args": r.started.get("args") or [],
+            "outcome": r.outcome,
+            "exit_code": f.get("exit_code"),
+            "duration": f.get("duration"),
+            "failed_step": f.get("failed_step"),
+            "message": f.get("message"),
+        }
+        out.append(json.dumps(record, ensure_ascii=False))
+    return out
+
+
+def history(state_dir: str, limit: int = 20, workflow: str | None = None) -> list[str]:
+    runs = newest_first(state_dir, workflow)
     where = os.path.join(state_dir, journal.FILE_NAME)
     if not runs:
         what = f"no runs of workflow {workflow!r}" if workflow else "no runs"
         return [f"{what} recorded in {where}"]
-    # newest first; runs started in the same millisecond keep their journal order, reversed
-    runs = [r for _, r in sorted(enumerate(runs), key=lambda p: (p[1].start_ts or 0.0, p[0]), reverse=True)]
     shown = runs[:limit] if limit > 0 else runs
     header = ("STARTED (UTC)", "RUN", "WORKFLOW", "NODE", "ARGUMENTS", "OUTCOME", "DURATION")
     rows = [header] + [

@@ -282,3 +282,18 @@ def test_show_says_when_a_failed_step_did_not_stop_the_run(site: Site) -> None:
     assert "outcome: succeeded, exit code 0" in out
     _, out, _ = site.cli("show", site.run("bad", "2", "pg2", str(site.base / "flag")))
     assert "went on" not in out
+
+
+def test_history_json_for_monitoring(site: Site) -> None:
+    good = site.run("good", "1", "pg1", str(site.base / "f1"))
+    bad = site.run("bad", "2", "pg2", str(site.base / "f2"))
+    code, out, _ = site.cli("history", "--json")
+    assert code == 0
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["run"] for r in records] == [bad, good]
+    assert records[0]["outcome"] == "rolled-back" and records[0]["exit_code"] == 1
+    assert records[0]["failed_step"] == "poll" and records[0]["node"] == "2 (pg2)"
+    assert records[1]["outcome"] == "succeeded" and records[1]["args"][:2] == ["1", "pg1"]
+    assert records[1]["started"].endswith("Z") and "T" in records[1]["started"]
+    _, out, _ = site.cli("history", "--json", "--workflow", "nope")
+    assert out == ""
