@@ -81,7 +81,10 @@ def plan_step(step: Step, r: Renderer, kinds: dict[str, Any], rt: Any = None) ->
             lines = [action.text[0]] + (d or ["(no change)"]) if d is not None else lines
             unchanged = d == []
         except Exception as exc:  # read-only look-up failed: say so, show the content instead
-            lines.append(f"(diff unavailable: {type(exc).__name__}: {exc})")
+            lines.append(
+                f"(diff unavailable: {type(exc).__name__}: {exc}; "
+                "check that the host is reachable and the file readable, or leave out --diff)"
+            )
     return PlannedStep(
         step,
         condition,

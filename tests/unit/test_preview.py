@@ -178,3 +178,29 @@ def test_diff_lines_are_coloured_on_a_terminal() -> None:
     assert preview.colour_diff(" same", c) == " same"
     plain = plan._colour(False)
     assert preview.colour_diff("+x", plain) == "+x"
+
+
+def test_an_unreadable_file_says_the_diff_is_unavailable_and_what_to_do(
+    tmp_path: Path, data: Path, monkeypatch: Any
+) -> None:
+    from engine.log import Logger
+    from engine.runtime import Runtime
+
+    (tmp_path / "wf.yaml").write_text(WF.format())
+    wf = validate.load_workflow(str(tmp_path / "wf.yaml"))
+    cfg = make_config()
+    params = context.bind_params(wf, [str(data)])
+    _, r = context.build(wf, cfg, params, dry_run=True, run_id="dry-run")
+    rt = Runtime(cfg, Logger("edits", "dry-run", Masker(), quiet=True))
+
+    def refuse(action: Any, rt: Any) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setitem(preview.DIFFS, "file", refuse)
+    out = io.StringIO()
+    assert plan.dry_run(wf, r, KINDS, Masker(), out=out, colour=False, rt=rt, params=params) == 0
+    assert (
+        "(diff unavailable: PermissionError: [Errno 13] Permission denied; check that the host"
+        in out.getvalue()
+    )
+    assert "or leave out --diff)" in out.getvalue()
