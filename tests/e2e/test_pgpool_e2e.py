@@ -81,10 +81,28 @@ def has_row(node: Node, value: str) -> bool:
         return False
 
 
+def hook_lines(sb: PgpoolSandbox, last: int = 60) -> str:
+    """What the hooks logged (pgpool puts their stderr in its log, among many pcp lines)."""
+    lines = [ln for ln in sb.pgpool.log_text().splitlines() if "pgpool-hook[" in ln]
+    for node in sb.nodes:  # recovery hooks log to the primary's server log
+        try:
+            lines += [ln for ln in node.log_tail(400).splitlines() if "pgpool-hook[" in ln]
+        except OSError:
+            pass
+    return "\n".join(lines[-last:])
+
+
 def wait_attached(sb: PgpoolSandbox, node_id: int, timeout: float) -> None:
     """pgpool shows a failed-back node as "waiting" until a client connects, then "up"."""
-    sb.pgpool.wait_for(lambda: sb.pgpool.pcp_node_info(node_id).get("Status Name") in ("up", "waiting"),
-                       timeout, message=f"pgpool to attach node {node_id}")
+    try:
+        wait(
+            lambda: sb.pgpool.pcp_node_info(node_id).get("Status Name") in ("up", "waiting"),
+            timeout,
+            f"pgpool to attach node {node_id}",
+            interval=1.0,
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n--- hook output ---\n{hook_lines(sb)}") from None
 
 
 def streams_from(standby: Node, primary: Node) -> bool:
@@ -96,8 +114,24 @@ def slot(node: Node, name: str) -> dict[str, Any] | None:
     return next((s for s in node.slots() if s["slot_name"] == name), None)
 
 
-def test_standby_failure_drops_its_slot_and_keeps_the_primary(pgpool_cluster: Any) -> None:
-    sb: PgpoolSandbox = pgpool_cluster()
+@pytest.fixture
+def cluster(pgpool_cluster: Any, request: pytest.FixtureRequest) -> Any:
+    """pgpool_cluster, plus the hooks' own log lines printed when the test fails."""
+    built: list[PgpoolSandbox] = []
+
+    def make(**options: Any) -> PgpoolSandbox:
+        sb = pgpool_cluster(**options)
+        built.append(sb)
+        return sb
+
+    yield make
+    rep = getattr(request.node, "rep_call", None)
+    if built and rep is not None and rep.failed:
+        print(f"\n===== hook output =====\n{hook_lines(built[-1], 200)}")
+
+
+def test_standby_failure_drops_its_slot_and_keeps_the_primary(cluster: Any) -> None:
+    sb: PgpoolSandbox = cluster()
     primary, _, standby = sb.nodes
     assert slot(primary, standby.slot_name) is not None
     standby.kill9()
@@ -114,12 +148,15 @@ def test_standby_failure_drops_its_slot_and_keeps_the_primary(pgpool_cluster: An
     assert slot(primary, sb.nodes[1].slot_name)["active"]
 
 
-def test_primary_failure_promotes_follows_and_online_recovery_brings_it_back(pgpool_cluster: Any) -> None:
-    sb: PgpoolSandbox = pgpool_cluster()
+def test_primary_failure_promotes_follows_and_online_recovery_brings_it_back(cluster: Any) -> None:
+    sb: PgpoolSandbox = cluster()
     old_primary, new_primary, other = sb.nodes
     write_through_pgpool(sb, "before-failover")
-    wait(lambda: has_row(new_primary, "before-failover") and has_row(other, "before-failover"), 20,
-         "both standbys to replay the row")
+    wait(
+        lambda: has_row(new_primary, "before-failover") and has_row(other, "before-failover"),
+        20,
+        "both standbys to replay the row",
+    )
 
     old_primary.kill9()
     sb.pgpool.wait_primary(1, timeout=60)
@@ -154,8 +191,8 @@ def test_primary_failure_promotes_follows_and_online_recovery_brings_it_back(pgp
     assert {n: st[0] for n, st in sb.pgpool.node_states().items()} == {0: "up", 1: "up", 2: "up"}
 
 
-def test_follow_primary_rewinds_a_standby_that_diverged(pgpool_cluster: Any) -> None:
-    sb: PgpoolSandbox = pgpool_cluster()
+def test_follow_primary_rewinds_a_standby_that_diverged(cluster: Any) -> None:
+    sb: PgpoolSandbox = cluster()
     primary, to_promote, ahead = sb.nodes
     write_through_pgpool(sb, "common")
     wait(lambda: has_row(to_promote, "common") and has_row(ahead, "common"), 20, "replay of the common row")
@@ -164,7 +201,11 @@ def test_follow_primary_rewinds_a_standby_that_diverged(pgpool_cluster: Any) -> 
         conn.autocommit = True
         conn.execute("ALTER SYSTEM SET primary_conninfo = ''")
         conn.execute("SELECT pg_reload_conf()")
-    wait(lambda: not to_promote.query_dicts("SELECT 1 FROM pg_stat_wal_receiver"), 20, "node 1 to stop receiving")
+    wait(
+        lambda: not to_promote.query_dicts("SELECT 1 FROM pg_stat_wal_receiver"),
+        20,
+        "node 1 to stop receiving",
+    )
     with primary.connect() as conn:
         conn.autocommit = True
         conn.execute("CREATE TABLE IF NOT EXISTS e2e (v text PRIMARY KEY)")
@@ -189,8 +230,8 @@ def test_follow_primary_rewinds_a_standby_that_diverged(pgpool_cluster: Any) -> 
     assert "servers diverged" in output and "no rewind required" not in output, output
 
 
-def test_failed_online_recovery_drops_the_slot_it_created(pgpool_cluster: Any) -> None:
-    sb: PgpoolSandbox = pgpool_cluster(config_overrides={"postgres": {"replication_user": "no_such_role"}})
+def test_failed_online_recovery_drops_the_slot_it_created(cluster: Any) -> None:
+    sb: PgpoolSandbox = cluster(config_overrides={"postgres": {"replication_user": "no_such_role"}})
     primary, _, standby = sb.nodes
     standby.stop()
     sb.pgpool.pcp_detach_node(2)
@@ -208,15 +249,18 @@ def test_failed_online_recovery_drops_the_slot_it_created(pgpool_cluster: Any) -
     assert sb.pgpool.pcp_node_info(2)["Status Name"] == "down"
 
 
-def test_failed_follow_primary_rolls_back_and_leaves_the_node_down(pgpool_cluster: Any) -> None:
-    sb: PgpoolSandbox = pgpool_cluster(
+def test_failed_follow_primary_rolls_back_and_leaves_the_node_down(cluster: Any) -> None:
+    sb: PgpoolSandbox = cluster(
         config_overrides={"vars": {"source_server": "host=127.0.0.99 port=1 user=postgres connect_timeout=2"}}
     )
     old_primary, new_primary, other = sb.nodes
     old_primary.kill9()
     sb.pgpool.wait_primary(1, timeout=60)
-    runs = wait(lambda: [r for r in finished_runs(sb, "follow_primary") if r["start"]["params"]["node_id"] == 2],
-                120, "follow_primary of node 2 to finish")
+    runs = wait(
+        lambda: [r for r in finished_runs(sb, "follow_primary") if r["start"]["params"]["node_id"] == 2],
+        120,
+        "follow_primary of node 2 to finish",
+    )
     end = runs[-1]["end"]
     assert end["failed_step"] == "rewind" and end["exit_code"] == 1, end
     # the slot this run created on the new primary was dropped again
