@@ -36,6 +36,19 @@ def command_result_data(rc: int, stdout: str, stderr: str) -> dict[str, Any]:
     }
 
 
+def command_outcome(res: Any, ok_codes: list[int], timeout: float | None, on_timeout: str) -> Outcome:
+    """The outcome of a finished command, local or remote: ok, or a StepFailure saying why."""
+    data = command_result_data(res.rc, res.stdout, res.stderr)
+    if res.timed_out:
+        raise StepFailure(f"timed out after {timeout or 0:g}s; {on_timeout}", data, timed_out=True)
+    if res.rc not in ok_codes:
+        data["ok"] = False
+        last = (res.stderr.strip() or res.stdout.strip()).splitlines()[-1:] or [""]
+        raise StepFailure(f"exit status {res.rc}" + (f": {last[0]}" if last[0] else ""), data)
+    data["ok"] = True  # an accepted non-zero status (ok_codes) is still a success
+    return Outcome(ok=True, data=data, message=f"exit status {res.rc}")
+
+
 class LocalKind:
     name = "local"
     schema: dict[str, Any] = {
@@ -131,15 +144,7 @@ class LocalKind:
             raise StepFailure(
                 f"cannot execute {exc.filename}: permission denied", {"rc": 126, "ok": False}
             ) from None
-        data = command_result_data(res.rc, res.stdout, res.stderr)
-        if res.timed_out:
-            raise StepFailure(f"timed out after {timeout:g}s; process group stopped", data, timed_out=True)
-        if res.rc not in d["ok_codes"]:
-            data["ok"] = False
-            last = (res.stderr.strip() or res.stdout.strip()).splitlines()[-1:] or [""]
-            raise StepFailure(f"exit status {res.rc}" + (f": {last[0]}" if last[0] else ""), data)
-        data["ok"] = True
-        return Outcome(ok=True, data=data, message=f"exit status {res.rc}")
+        return command_outcome(res, d["ok_codes"], timeout, "process group stopped")
 
 
 KIND = LocalKind()

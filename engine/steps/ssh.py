@@ -11,10 +11,9 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
-from engine.errors import StepFailure
 from engine.render import Renderer
 from engine.steps.base import Action, Outcome
-from engine.steps.local import COMMAND_SCHEMA, command_result_data
+from engine.steps.local import COMMAND_SCHEMA, command_outcome
 
 
 class SshKind:
@@ -65,15 +64,7 @@ class SshKind:
         res = rt.ssh_pool.run(
             d["host"], d["command"], timeout=timeout, user=d["user"], port=d["port"], on_line=rt.stream
         )
-        data = command_result_data(res.rc, res.stdout, res.stderr)
-        if res.timed_out:
-            raise StepFailure(f"timed out after {timeout:g}s; remote command killed", data, timed_out=True)
-        if res.rc not in d["ok_codes"]:
-            data["ok"] = False
-            last = (res.stderr.strip() or res.stdout.strip()).splitlines()[-1:] or [""]
-            raise StepFailure(f"exit status {res.rc}" + (f": {last[0]}" if last[0] else ""), data)
-        data["ok"] = True
-        return Outcome(ok=True, data=data, message=f"exit status {res.rc}")
+        return command_outcome(res, d["ok_codes"], timeout, "remote command killed")
 
 
 KIND = SshKind()
