@@ -40,6 +40,20 @@ POLL = 0.1
 STALE_TEMP_AGE = 600  # seconds: a write_atomic temp file untouched this long was left by a dead writer
 
 
+# A runner killed with SIGKILL (or cut off from the node) cannot stop its remote command, and sshd
+# does not stop a command without a pty when the connection drops: a pg_basebackup would go on
+# writing into the PGDATA that the next run empties.  The command's shell therefore starts this
+# watchdog, detached (its own session, so a `wait` in the command does not wait for it and a
+# timeout kill of the command's group does not count it): once this connection's sshd process
+# ($PPID) is gone while the shell ($$) still runs, it stops the shell's process group.  It exits
+# by itself within a second of the shell ending.
+ORPHAN_WATCHDOG = (
+    '( setsid sh -c \'while kill -0 "$1" 2>/dev/null; do if ! kill -0 "$2" 2>/dev/null; then '
+    'kill -s TERM -- "-$1"; sleep 2; kill -s KILL -- "-$1"; exit 0; fi; sleep 1; done\' '
+    "pgpool-hook-watchdog $$ $PPID </dev/null >/dev/null 2>&1 & )"
+)
+
+
 class _UnknownHostKey(paramiko.SSHException):
     def __init__(self, hostname: str, key: paramiko.PKey):
         self.hostname, self.key = hostname, key
@@ -261,7 +275,7 @@ class SshPool:
         assert transport is not None
         marker = f"__pgpool_hook_pgid_{secrets.token_hex(6)}__"
         # sshd makes the session's shell a session (and process group) leader: $$ is the group to kill
-        wrapped = f"echo {marker}$$\n{command}"
+        wrapped = f"echo {marker}$$\n{ORPHAN_WATCHDOG}\n{command}"
         try:
             chan = transport.open_session(timeout=self.connect_timeout)
             chan.exec_command(wrapped)
