@@ -52,8 +52,9 @@ class Logger:
         if attempt:
             parts.append(f"attempt={attempt}")
         parts.append(f"outcome={outcome}")
-        if message:
-            parts.append(message)
+        if message:  # one event, one line: a value with a newline (a host name from pgpool's
+            # arguments, a command's error) must not forge a line of its own in the log
+            parts.append(message.replace("\r", "\\r").replace("\n", "\\n"))
         self._write(" ".join(parts))
 
     def output(self, stream: str, line: str) -> None:

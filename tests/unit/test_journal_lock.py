@@ -255,7 +255,10 @@ def test_secret_needs_exactly_one_source(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput) as info:
         config_mod.load(str(p))
     # the value is a password: the message names the variable, never the value
-    assert f"{p}:2:3: secrets.a: {{'env': 'X', 'value': '********'}} has too many properties" in info.value.render()
+    assert (
+        f"{p}:2:3: secrets.a: {{'env': 'X', 'value': '********'}} has too many properties"
+        in info.value.render()
+    )
 
 
 @pytest.mark.parametrize("text", ["", "\n", "# everything commented out\n# ssh:\n#   port: 22\n"])
@@ -318,3 +321,15 @@ def test_log_lines_carry_time_workflow_run_step_attempt_and_outcome(harness) -> 
         "step=a attempt=1 outcome=failed exit status 1 (0.00s)",
         "step=a attempt=2 outcome=ok done (0.00s)",
     ]
+
+
+def test_a_newline_in_a_message_cannot_forge_a_log_line() -> None:
+    """A host name from pgpool's arguments may hold a newline; the event stays one line."""
+    from engine.log import Logger
+
+    stream = io.StringIO()
+    forged = "2026-01-01T00:00:00.000Z pgpool-hook[t run=t] outcome=finished ok exit=0"
+    Logger("t", "t", Masker([]), stream=stream).event("failed", f"cannot resolve host 'a\n{forged}'\r")
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1
+    assert lines[0].endswith(f"outcome=failed cannot resolve host 'a\\n{forged}'\\r")
