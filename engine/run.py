@@ -13,7 +13,7 @@ from typing import Any
 
 from engine import context
 from engine.config import Config
-from engine.errors import EXIT_FAILED, RenderError
+from engine.errors import EXIT_FAILED, Interrupted, RenderError
 from engine.interpreter import Clock, Runner, RunResult
 from engine.journal import Journal
 from engine.lock import LockTimeout, RunLock
@@ -106,6 +106,19 @@ def execute(
             logger.event("locked", f"got lock {lock_name!r} after waiting {waited:.1f}s")
         runner = Runner(workflow, r, results, rt, logger, journal, kinds, clock=clock, done=done)
         result = runner.run()
+    except (Interrupted, KeyboardInterrupt) as exc:
+        # a signal before the runner took over (waiting for the lock): say so in the journal too,
+        # or the run would look like one killed half-way
+        message = f"interrupted by {exc or 'a signal'} before any step ran; nothing was changed"
+        logger.event("interrupted", message)
+        journal.write(
+            "run_finished",
+            status="interrupted",
+            exit_code=EXIT_FAILED,
+            message=message,
+            duration=round(time.time() - start, 3),
+        )
+        return EXIT_FAILED
     finally:
         rt.close()
         lock.release()
