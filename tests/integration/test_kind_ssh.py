@@ -85,6 +85,15 @@ def test_timeout_kills_the_remote_process_group(ssh_runner: KindRunner) -> None:
     assert ssh_runner.rt.ssh_pool.connections_opened == 1
 
 
+def test_a_command_ignoring_sigterm_is_killed(ssh_runner: KindRunner) -> None:
+    arg = unique_sleep()
+    start = time.monotonic()
+    failure = ssh_runner.fail("ssh", {"host": HOST, "command": f"trap '' TERM; sleep {arg}"}, timeout=0.5)
+    assert failure.timed_out
+    assert wait_no_process(f"sleep {arg}") == []  # SIGKILL after the grace period
+    assert time.monotonic() - start < 5
+
+
 def test_interrupted_runner_kills_the_remote_command(ssh_runner: KindRunner) -> None:
     arg = unique_sleep()
     pool = ssh_runner.rt.ssh_pool
