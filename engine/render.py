@@ -47,9 +47,17 @@ def conninfo_quote(value: Any) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+SLOT_NAME_MAX = 63  # NAMEDATALEN - 1: PostgreSQL silently cuts a longer slot name when it creates it
+
+
 def slot_name_default(host: Any) -> str:
-    """The classic scripts' slot rule: host with '-' and '.' as '_', lower-cased."""
-    return re.sub(r"[^a-z0-9_]", "_", str(host).lower().replace("-", "_").replace(".", "_"))
+    """The classic scripts' slot rule: host with '-' and '.' as '_', lower-cased.
+
+    At most 63 characters, as PostgreSQL stores it: a longer name would create a cut slot
+    while primary_slot_name (which PostgreSQL refuses when too long) kept the full one.
+    """
+    name = re.sub(r"[^a-z0-9_]", "_", str(host).lower().replace("-", "_").replace(".", "_"))
+    return name[:SLOT_NAME_MAX]
 
 
 class RuntimeRef:

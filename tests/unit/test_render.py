@@ -95,7 +95,15 @@ def test_pgquote_and_conninfo(value: str, pg: str, conninfo: str) -> None:
 
 @pytest.mark.parametrize(
     ("host", "slot"),
-    [("pg-1.example.com", "pg_1_example_com"), ("PG2", "pg2"), ("10.0.0.3", "10_0_0_3"), ("a b$c", "a_b_c")],
+    [
+        ("pg-1.example.com", "pg_1_example_com"),
+        ("PG2", "pg2"),
+        ("10.0.0.3", "10_0_0_3"),
+        ("a b$c", "a_b_c"),
+        ("x'); DROP TABLE t; --", "x____drop_table_t____"),
+        ("n" * 50 + ".dc-east.example.com", "n" * 50 + "_dc_east_exam"),  # 63, as PostgreSQL keeps it
+        ("é", "_"),
+    ],
 )
 def test_slot_name(host: str, slot: str) -> None:
     assert slot_name_default(host) == slot
