@@ -311,10 +311,29 @@ def test_recovery_hostile_target_host_rolls_back_its_slot(hook: Hook, pg_primary
     assert "step=drop_created_slot " in err
 
 
+@pytest.mark.parametrize(
+    ("rule", "slot"),
+    [
+        (None, "127_0_0_21"),
+        # a rule (or a long host name) giving more than 63 characters: the slot PostgreSQL
+        # creates and primary_slot_name must still be the same name
+        ("{{ host | slot_name }}_" + "x" * 70, ("127_0_0_21_" + "x" * 70)[:63]),
+    ],
+    ids=["default-rule", "long-slot-name"],
+)
 def test_recovery_into_a_folder_named_with_shell_syntax_builds_it_literally(
-    hook: Hook, pg_primary: Any, folder: Path
+    hook: Hook,
+    hook_config: Callable[..., Path],
+    pg_primary: Any,
+    folder: Path,
+    rule: str | None,
+    slot: str,
 ) -> None:
     """A whole online recovery (slot, emptied folder, pg_basebackup, settings) into the literal name."""
+    if rule is not None:
+        hook.config = hook_config(
+            passfile=pg_primary.passfile, postgres={"connect_timeout": 2}, replication_slot=rule
+        )
     target = folder / LITERAL_DIR
     slots = slot_names(pg_primary)
     try:
@@ -330,7 +349,8 @@ def test_recovery_into_a_folder_named_with_shell_syntax_builds_it_literally(
         quoted = str(target / "myrecovery.conf").replace("'", "''")
         assert f"include_if_exists = '{quoted}'" in conf.splitlines()
         assert "port = 5433" in conf.splitlines()
-        assert "primary_slot_name = '127_0_0_21'" in (target / "myrecovery.conf").read_text()
+        assert f"primary_slot_name = '{slot}'" in (target / "myrecovery.conf").read_text()
+        assert slot_names(pg_primary) - slots == {slot}
         assert sorted(os.listdir(folder)) == [LITERAL_DIR]  # nothing beside it: no word was split
         assert "step=basebackup " in err
     finally:
