@@ -506,7 +506,7 @@ def _check_template_file(
         chk.problems.append(
             Problem(
                 label,
-                None,
+                _line_reading(text, name),
                 None,
                 "",
                 f"undefined variable {name!r} (used by {path_text(path)} at {chk.file}:{chk.line_of(path)})",
@@ -514,8 +514,29 @@ def _check_template_file(
         )
     for sid in sorted(steps - visible):
         chk.problems.append(
-            Problem(label, None, None, "", f"steps.{sid} is not a step that runs before this one")
+            Problem(
+                label,
+                _line_reading(text, "steps", sid),
+                None,
+                "",
+                f"steps.{sid} is not a step that runs before this one",
+            )
         )
+
+
+def _line_reading(text: str, name: str, attr: str | None = None) -> int | None:
+    """The template's own line where ``name`` (or ``name.attr``) is first read."""
+    from jinja2 import nodes
+
+    node: Any
+    for node in render.environment().parse(text).find_all((nodes.Name, nodes.Getattr, nodes.Getitem)):
+        if attr is None and isinstance(node, nodes.Name) and node.name == name and node.ctx == "load":
+            return int(node.lineno)
+        if attr is not None and not isinstance(node, nodes.Name):
+            key = node.attr if isinstance(node, nodes.Getattr) else getattr(node.arg, "value", None)
+            if isinstance(node.node, nodes.Name) and node.node.name == name and key == attr:
+                return int(node.lineno)
+    return None
 
 
 def raw_get(doc: Any, path: list[Any], key: str) -> Any:

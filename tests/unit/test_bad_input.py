@@ -180,13 +180,15 @@ def test_jinja_syntax_error_in_a_template_file_names_the_templates_own_line(site
     assert site.nothing_ran()
 
 
-def test_undefined_variable_in_a_template_file_names_the_step_using_it(site, capsys) -> None:  # type: ignore[no-untyped-def]
-    (site.workflows / "templates" / "undef.j2").write_text("host = {{ hots }}\n")
+def test_undefined_variable_in_a_template_file_names_its_line_and_the_step_using_it(site, capsys) -> None:  # type: ignore[no-untyped-def]
+    (site.workflows / "templates" / "undef.j2").write_text("# settings\nhost = {{ hots }}\n")
     path = site.workflow(HEAD + "  - id: b\n    template: {src: templates/undef.j2, dest: /tmp/x}\n")
     code, err = site.run(capsys, str(path), "pg1", "1")
     assert code == 2
     template = site.workflows / "templates" / "undef.j2"
-    assert f"error: {template}: undefined variable 'hots' (used by steps[1].template.src at {path}:7)" in err
+    assert (
+        f"error: {template}:2: undefined variable 'hots' (used by steps[1].template.src at {path}:7)" in err
+    )
     assert site.nothing_ran()
 
 

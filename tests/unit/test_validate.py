@@ -425,8 +425,8 @@ TEMPLATES = {
     ("src", "expected"),
     [
         ("bad.j2", (3, "Jinja2 syntax error: Expected an expression, got 'end of statement block'")),
-        ("undef.j2", (None, "undefined variable 'nope' (used by steps[0].template.src at {wf}:5)")),
-        ("later.j2", (None, "steps.b is not a step that runs before this one")),
+        ("undef.j2", (2, "undefined variable 'nope' (used by steps[0].template.src at {wf}:5)")),
+        ("later.j2", (1, "steps.b is not a step that runs before this one")),
     ],
 )
 def test_template_file_problems(write, src: str, expected: tuple[int | None, str]) -> None:  # type: ignore[no-untyped-def]
