@@ -28,7 +28,7 @@ if __package__ in (None, ""):  # `python bench/run.py` from the checkout
 
 from bench import overhead, samples  # noqa: E402
 from bench.cluster import ADDRESSES, CASES, PCP_PORT, PG_PORT, PGPOOL_PORT, SSH_PORT, Bench  # noqa: E402
-from bench.stats import TARGETS, evaluate, fmt_s, table  # noqa: E402
+from bench.stats import TARGETS, evaluate, fmt_s, summary, table  # noqa: E402
 from sandbox.osuser import PG_BIN_DIR, base_env, make_postgres_dir  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -208,10 +208,24 @@ def _verdict(v: dict[str, Any] | None, m: dict[str, Any]) -> str:
     if v["met"] is None:
         return "not measured"
     if v["case"] in ("follow_skip", "noop_run"):
-        shown = f"+{fmt_s(v['value'])}"
+        shown = f"+{v['value'] * 1000:.1f} ms"  # one decimal: these sit close to their limit
     else:
         shown = f"{v['value']:.2f}"
     return ("met" if v["met"] else "MISSED") + f" ({shown})"
+
+
+def cpu_table(results: dict[str, Any]) -> list[list[str]]:
+    """Median CPU seconds per hook run, both ways: much steadier than wall time under load."""
+    rows = []
+    for case, tools in results.get("hook_cpu_seconds", {}).items():
+        ours, theirs = summary(tools.get("ours", [])), summary(tools.get("theirs", []))
+        rows.append([case, fmt_s(ours["median"]), fmt_s(theirs["median"])])
+    cpu = results.get("overhead", {}).get("cpu")
+    if cpu:
+        floor = fmt_s(cpu["python_pass"]["median"])
+        rows.append(["noop run vs python3 -c pass", fmt_s(cpu["noop_run"]["median"]), floor])
+        rows.append(["validate vs python3 -c pass", fmt_s(cpu["validate"]["median"]), floor])
+    return rows
 
 
 HEADER = [
@@ -376,6 +390,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = build_rows(results)
     print()
     print(table(rows, HEADER))
+    cpu_rows = cpu_table(results)
+    if cpu_rows:
+        print("\nCPU time (user + system of the hook and its children; remote work over ssh not included):")
+        print(table(cpu_rows, ["run", "pgpool-hook median", "sample / floor median"]))
     errors = {name: c["errors"] for name, c in results["cases"].items() if c.get("errors")}
     for name, errs in errors.items():
         for e in errs:
