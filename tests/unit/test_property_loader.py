@@ -24,7 +24,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import validate
+from engine import config, validate
 from engine.cli import main
 from engine.config import shipped_workflows_dir
 from engine.errors import InvalidInput
@@ -33,6 +33,11 @@ from engine.model import Workflow
 NAMES = ("failover", "follow_primary", "recovery_1st_stage", "remote_start")
 SHIPPED = {
     n: open(os.path.join(shipped_workflows_dir(), n + ".yaml"), encoding="utf-8").read() for n in NAMES
+}
+EXAMPLES = os.path.join(os.path.dirname(shipped_workflows_dir()), "examples")
+CONFIGS = {
+    n: open(os.path.join(EXAMPLES, n), encoding="utf-8").read()
+    for n in ("pgpool-hook.yaml", "pgpool-hook-rhel.yaml")
 }
 # problems about the file as a whole, which have no line to point at
 WHOLE_FILE = ("file is larger than", "not UTF-8 text", "cannot read file")
@@ -169,9 +174,9 @@ def tree_mutations(draw: st.DrawFn) -> bytes:
 
 
 @st.composite
-def text_mutations(draw: st.DrawFn) -> bytes:
+def text_mutations(draw: st.DrawFn, sources: dict[str, str] = SHIPPED) -> bytes:
     """Line-level damage: duplicated lines (duplicate keys), inserted fragments, cuts, bytes."""
-    lines = SHIPPED[draw(st.sampled_from(NAMES))].encode("utf-8").splitlines(keepends=True)
+    lines = sources[draw(st.sampled_from(sorted(sources)))].encode("utf-8").splitlines(keepends=True)
     for _ in range(draw(st.integers(1, 4))):
         i = draw(st.integers(0, max(len(lines) - 1, 0)))
         action = draw(st.sampled_from(["duplicate", "fragment", "delete", "bytes", "truncate", "indent"]))
@@ -220,3 +225,21 @@ def test_damaged_text_gives_a_workflow_or_located_problems(folder: str, data: by
 @given(data=st.binary(max_size=400) | st.text(max_size=200).map(lambda t: t.encode("utf-8", "surrogatepass")))
 def test_random_bytes_give_located_problems(folder: str, data: bytes) -> None:
     check(folder, data)
+
+
+@SETTINGS
+@given(data=text_mutations(CONFIGS))
+def test_damaged_config_gives_a_config_or_located_problems(folder: str, data: bytes) -> None:
+    """The same damage to the example configs: a Config, or InvalidInput naming file and line."""
+    path = os.path.join(folder, "damaged-config.yaml")
+    with open(path, "wb") as fh:
+        fh.write(data)
+    with alarm(10):
+        try:
+            config.load(path)
+        except InvalidInput as exc:
+            assert exc.problems
+            for problem in exc.problems:
+                assert problem.file == path and problem.message, problem
+                if not problem.message.startswith(WHOLE_FILE):
+                    assert problem.line is not None and problem.line >= 1, problem
