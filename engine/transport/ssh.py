@@ -145,18 +145,21 @@ class SshPool:
         """``user@host:port`` of every open connection (for logs and tests)."""
         return [self.describe(k) for k, c in self._clients.items() if _active(c)]
 
-    def client(self, host: str, port: Any = None, user: str | None = None) -> paramiko.SSHClient:
+    def client(
+        self, host: str, port: Any = None, user: str | None = None, timeout: float | None = None
+    ) -> paramiko.SSHClient:
+        """The pooled connection; a new one may take ``connect_timeout``, or ``timeout`` if shorter."""
         key = self._key(host, port, user)
         existing = self._clients.get(key)
         if existing is not None:
             if _active(existing):
                 return existing
             self._drop(key)
-        client = self._connect(key)
+        client = self._connect(key, timeout)
         self._clients[key] = client
         return client
 
-    def _connect(self, key: tuple[str, int, str]) -> paramiko.SSHClient:
+    def _connect(self, key: tuple[str, int, str], timeout: float | None = None) -> paramiko.SSHClient:
         host, port, user = key
         where = f"ssh {self.describe(key)}"
         client = paramiko.SSHClient()
@@ -179,7 +182,7 @@ class SshPool:
             if not os.path.exists(self.key_file):
                 raise StepFailure(f"{where}: key file {self.key_file} does not exist")
             kwargs.update(key_filename=self.key_file, allow_agent=False, look_for_keys=False)
-        t = self.connect_timeout
+        t = self.connect_timeout if timeout is None else max(min(self.connect_timeout, timeout), 0.1)
         try:
             client.connect(
                 host,
@@ -194,13 +197,12 @@ class SshPool:
         except BaseException as exc:
             client.close()
             if isinstance(exc, Exception):
-                raise StepFailure(f"{where}: {self._explain(exc)}") from None
+                raise StepFailure(f"{where}: {self._explain(exc, t)}") from None
             raise
         self.connections_opened += 1
         return client
 
-    def _explain(self, exc: Exception) -> str:
-        t = self.connect_timeout
+    def _explain(self, exc: Exception, t: float) -> str:
         if isinstance(exc, _UnknownHostKey):
             return (
                 f"host key verification failed: {exc.hostname} is not in {self.known_hosts or 'known_hosts'} "
@@ -222,14 +224,16 @@ class SshPool:
         if isinstance(exc, socket.gaierror):
             return f"cannot resolve host name: {exc.strerror or exc}"
         if isinstance(exc, TimeoutError | socket.timeout):
-            return f"no answer within the connect timeout of {t:g}s"
+            return f"no answer within the connect timeout of {round(t, 2):g}s"
         if isinstance(exc, paramiko.SSHException):
             text = str(exc)
             lowered = text.lower()
             if any(
                 w in lowered for w in ("banner", "timed out", "timeout", "negotiation", "no existing session")
             ):
-                return f"the host accepted the connection but did not speak SSH within {t:g}s ({text})"
+                return (
+                    f"the host accepted the connection but did not speak SSH within {round(t, 2):g}s ({text})"
+                )
             return f"SSH error: {text}"
         if isinstance(exc, OSError):
             if exc.errno is not None and exc.strerror:
@@ -270,7 +274,7 @@ class SshPool:
         start = time.monotonic()
         key = self._key(host, port, user)
         where = f"ssh {self.describe(key)}"
-        client = self.client(host, port, user)
+        client = self.client(host, port, user, timeout)  # the step's timeout bounds connecting too
         transport = client.get_transport()
         assert transport is not None
         marker = f"__pgpool_hook_pgid_{secrets.token_hex(6)}__"
