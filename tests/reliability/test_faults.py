@@ -268,7 +268,9 @@ def test_silent_host_each_attempt_ends_at_its_timeout_and_the_run_at_its_deadlin
     assert all(t["duration"] < per_attempt + 0.5 for t in tries), tries
     assert all(t["duration"] > per_attempt - 0.3 for t in tries[:-1]), tries  # it really waited
     if kind == "ssh":
-        assert all("did not speak SSH within 1s" in t["message"] for t in tries), tries
+        # each attempt waits the connect timeout, the last one only what is left before the deadline
+        assert all("did not speak SSH within 1s" in t["message"] for t in tries[:-1]), tries
+        assert "did not speak SSH within" in tries[-1]["message"], tries
     else:
         assert all("timeout expired" in t["message"] for t in tries), tries
     assert_rolled_back(result, events, "silent", ["marker"])
@@ -276,6 +278,36 @@ def test_silent_host_each_attempt_ends_at_its_timeout_and_the_run_at_its_deadlin
     # the run (from process start to exit, rollback included) ends about at its deadline
     assert result.elapsed < deadline + per_attempt + 1.5, result.elapsed
     assert one(events, "run_finished")["duration"] < deadline + per_attempt + 0.5
+
+
+@pytest.mark.parametrize(("step_timeout", "deadline"), [(1, 30), (30, 3)], ids=["step-timeout", "deadline"])
+def test_ssh_connect_to_a_silent_host_is_bounded_by_the_step_timeout_and_the_deadline(
+    scenario: Any, pg_primary: Any, remote_dir: Path, silent_port: int, step_timeout: float, deadline: float
+) -> None:
+    """ssh.connect_timeout (here 8s) is the longest a connection may take, not a floor: a step
+    with a shorter timeout, or the last seconds before the run deadline, end the attempt sooner."""
+    sc = scenario(
+        {
+            "params": [*PARAMS, "silent"],
+            "deadline": deadline,
+            "steps": [
+                {
+                    "id": "silent",
+                    "ssh": {"host": "{{ host }}", "port": "{{ silent }}", "command": "true"},
+                    "retry": {"attempts": 2, "delay": 0.1},
+                    "timeout": step_timeout,
+                },
+            ],
+        },
+        ssh={"connect_timeout": 8},
+    )
+    result = sc.run(*args(pg_primary, remote_dir, "unused", silent_port))
+    assert result.rc == 1, result.log
+    tries = attempts(sc.last_run(), "silent")
+    bound = min(step_timeout, deadline)
+    assert tries and all(t["duration"] < bound + 0.5 for t in tries), [t["duration"] for t in tries]
+    assert all("did not speak SSH" in t["message"] for t in tries), tries
+    assert one(sc.last_run(), "run_finished")["duration"] < min(2 * step_timeout + 0.5, deadline + 0.5) + 0.5
 
 
 # ---- a remote command that hangs -------------------------------------------------------
