@@ -18,7 +18,15 @@ import uuid
 from typing import Any
 
 from engine import commands
-from engine.errors import EXIT_FAILED, EXIT_INVALID, HookError, Interrupted, InvalidInput, RenderError
+from engine.errors import (
+    EXIT_FAILED,
+    EXIT_INVALID,
+    HookError,
+    Interrupted,
+    InvalidInput,
+    Problem,
+    RenderError,
+)
 
 # the file names pgpool (or an operator's pgpool.conf) may call us by
 HOOK_NAMES = {
@@ -226,8 +234,9 @@ def cmd_run(opts: argparse.Namespace) -> int:
 
         try:
             ctx, r = context.build(workflow, cfg, params, dry_run=True, run_id="dry-run")
-        except RenderError as exc:
-            raise InvalidInput(str(exc)) from None
+        except RenderError as exc:  # a var that cannot be rendered for these arguments
+            where = Problem(exc.file or path, exc.line, None, exc.field, exc.detail)
+            raise InvalidInput(where) from None
         rt = None
         if opts.diff:
             from engine.log import Logger

@@ -71,6 +71,7 @@ class RenderError(HookError):
         self, message: str, *, file: str = "", line: int | None = None, step: str = "", field: str = ""
     ):
         self.file, self.line, self.step, self.field = file, line, step, field
+        self.detail = message
         where = f"{file}:{line}: " if file and line else (f"{file}: " if file else "")
         what = f"step {step!r}" if step else ""
         if field:

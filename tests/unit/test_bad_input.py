@@ -343,3 +343,14 @@ def test_odd_but_valid_arguments_reach_the_workflow_literally(site, capsys, args
     code, err = site.run(capsys, str(path), *args)
     assert code == 0, err
     assert out.read_text() == recorded
+
+
+def test_var_that_cannot_be_rendered_for_these_arguments_is_located_in_a_dry_run(site, capsys) -> None:  # type: ignore[no-untyped-def]
+    path = site.workflow(
+        GOOD.replace("steps:", "vars:\n  ports: {pg1: 5432}\n  port: '{{ ports[host] }}'\nsteps:")
+    )
+    code = main(["run", "--dry-run", "--config", str(site.config), str(path), "pg9", "1"])
+    _, err = capsys.readouterr()
+    assert code == 2
+    assert err.splitlines()[0] == f"error: {path}:5: vars.port: 'dict object' has no attribute 'pg9'"
+    assert site.nothing_ran()
