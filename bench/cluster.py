@@ -282,7 +282,7 @@ class Bench:
         warmup: bool = False,
     ) -> dict[str, Any]:
         """Run ``one(tool, i)`` for A B A B ...; collect its metrics per tool."""
-        metrics: dict[str, dict[str, list[float | None]]] = {t: {} for t in TOOLS}
+        runs: dict[str, list[dict[str, float]]] = {t: [] for t in TOOLS}  # one dict per pair
         errors: list[str] = []
         if warmup:
             for tool in TOOLS:
@@ -294,30 +294,28 @@ class Bench:
         for i in range(pairs):
             for tool in TOOLS:
                 try:
-                    values: dict[str, float | None] = dict(one(tool, i))
+                    values = dict(one(tool, i))
                 except Exception as exc:  # noqa: BLE001 - record and go on with the next run
                     errors.append(f"pair {i + 1} {tool}: {exc}")
                     self.log(f"  pair {i + 1} {tool} FAILED: {exc}")
                     if not isinstance(exc, RunFailed | TimeoutError):
                         self.log(traceback.format_exc(limit=5))
-                    values = {"hook": None}
-                for name, value in values.items():
-                    metrics[tool].setdefault(name, []).append(value)
+                    values = {}  # every metric of this run is missing; pairs stay aligned
+                runs[tool].append(values)
             shown = "  ".join(
-                f"{t} "
-                + " ".join(f"{n}={v[-1]:.3f}" for n, v in metrics[t].items() if v and v[-1] is not None)
+                f"{t} " + (" ".join(f"{n}={v:.3f}" for n, v in runs[t][-1].items()) or "FAILED")
                 for t in TOOLS
             )
             self.log(f"  {case} pair {i + 1}/{pairs}: {shown}")
-        names = sorted({n for t in TOOLS for n in metrics[t]})
+        names = sorted({n for t in TOOLS for r in runs[t] for n in r})
         result: dict[str, Any] = {"pairs_planned": pairs, "errors": errors, "metrics": {}}
         for name in names:
-            ours = metrics["ours"].get(name, [])
-            theirs = metrics["theirs"].get(name, [])
+            ours = [r.get(name) for r in runs["ours"]]
+            theirs = [r.get(name) for r in runs["theirs"]]
             result["metrics"][name] = {
                 "ours_runs": ours,
                 "theirs_runs": theirs,
-                **paired(ours, theirs),  # type: ignore[arg-type]
+                **paired(ours, theirs),
             }
         return result
 

@@ -8,16 +8,16 @@ from dataclasses import dataclass
 from typing import Any
 
 
-def summary(values: Sequence[float]) -> dict[str, Any]:
+def summary(values: Sequence[float | None]) -> dict[str, Any]:
     vals = [v for v in values if v is not None]
     if not vals:
         return {"n": 0, "median": None, "min": None, "max": None}
     return {"n": len(vals), "median": statistics.median(vals), "min": min(vals), "max": max(vals)}
 
 
-def paired(ours: Sequence[float], theirs: Sequence[float]) -> dict[str, Any]:
+def paired(ours: Sequence[float | None], theirs: Sequence[float | None]) -> dict[str, Any]:
     """Medians/min/max of both sides, per-pair ratio ours/theirs and difference, their medians."""
-    pairs = [(a, b) for a, b in zip(ours, theirs, strict=False) if a is not None and b is not None]
+    pairs = [(a, b) for a, b in zip(ours, theirs, strict=True) if a is not None and b is not None]
     ratios = [a / b for a, b in pairs if b > 0]
     diffs = [a - b for a, b in pairs]
     return {

@@ -84,5 +84,24 @@ def test_stats_and_targets() -> None:
     assert "| a" in stats.table([["1"]], ["a"])
 
 
+def test_a_failed_run_keeps_the_pairs_aligned(tmp_path: Path) -> None:
+    bench = cluster.Bench(tmp_path, log=lambda line: None)
+    order = []
+
+    def one(tool: str, i: int) -> dict[str, float]:
+        order.append((tool, i))
+        if tool == "ours" and i == 0:
+            raise cluster.RunFailed("boom")
+        return {"hook": 1.0 + i, "writable": 2.0 + i} if tool == "ours" else {"hook": 2.0, "writable": 4.0}
+
+    result = bench.alternate("case", 2, one, warmup=True)
+    assert order == [("ours", -1), ("theirs", -1), ("ours", 0), ("theirs", 0), ("ours", 1), ("theirs", 1)]
+    hook = result["metrics"]["hook"]
+    assert hook["ours_runs"] == [None, 2.0] and hook["theirs_runs"] == [2.0, 2.0]
+    assert hook["pairs"] == 1 and hook["ratios"] == [1.0]
+    assert result["metrics"]["writable"]["ratios"] == [0.75]
+    assert result["errors"] == ["pair 1 ours: boom"]
+
+
 def test_modules_expose_their_entry_points() -> None:
     assert callable(run.main) and callable(proc.run_hook) and set(cluster.CASES) >= {"e2e", "recovery"}
