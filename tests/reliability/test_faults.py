@@ -12,6 +12,7 @@ minutes; the shipped workflows use the same mechanisms with longer ones.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -51,7 +52,7 @@ from faulttools import (
 )
 
 from engine.transport.ssh import STALE_TEMP_AGE
-from sandbox.osuser import chown_postgres, make_postgres_dir, pid_alive
+from sandbox.osuser import children_of, chown_postgres, make_postgres_dir, pid_alive
 
 
 @pytest.fixture
@@ -191,6 +192,66 @@ def test_sshd_dies_between_two_ssh_steps(scenario: Any, sshd: Any, pg_primary: A
     assert slot not in slot_names(pg_primary)
     assert not (remote_dir / "marker").exists()
     assert result.elapsed < 10
+
+
+FREEZE = 'freeze() { for c in $(pgrep -P "$1"); do freeze "$c"; done; kill -STOP "$1"; }; freeze "$1"'
+
+
+def thaw(pid: int) -> None:
+    for child in children_of(pid):
+        thaw(child)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGCONT)
+
+
+@pytest.mark.parametrize("kind", ["ssh", "template"])
+def test_node_freezing_between_two_steps_ends_each_attempt_at_its_timeout(
+    scenario: Any, sshd: Any, pg_primary: Any, remote_dir: Path, kind: str
+) -> None:
+    """The first ssh step connects; a local step then freezes sshd and every session process
+    (SIGSTOP: a hung node, a network partition): the pooled connection is still open but dead,
+    and new connections are accepted by the kernel and never answered."""
+    slot = new_slot()
+    scenario.slots.append(slot)
+    first = {"id": "first", "ssh": {"host": "{{ host }}", "command": "echo connected"}, "timeout": 5}
+    freeze = {
+        "id": "freeze",
+        "local": {"command": ["sh", "-c", FREEZE, "sh", "{{ sshd_pid }}"]},
+        "timeout": 5,
+    }
+    body: dict[str, Any] = (
+        {"ssh": {"host": "{{ host }}", "command": "echo reached"}}
+        if kind == "ssh"
+        else {"template": {"host": "{{ host }}", "dest": "{{ dir }}/frozen.conf", "content": "x"}}
+    )
+    sc = scenario(
+        {
+            "params": [*PARAMS, "sshd_pid"],
+            "deadline": 30,
+            "steps": [
+                first,
+                create_slot_step(),
+                freeze,
+                {"id": "remote", **body, "retry": {"attempts": 2, "delay": 0.1}, "timeout": 2},
+            ],
+            "handlers": [DROP_SLOT],
+        },
+        ssh={"connect_timeout": 1.5},
+    )
+    pid = sshd.pid()
+    try:
+        result = sc.run(*args(pg_primary, remote_dir, slot, pid))
+    finally:
+        thaw(pid)
+        sshd.stop()
+        sshd.start()
+    events = sc.last_run()
+    tries = attempts(events, "remote")
+    assert [t["outcome"] for t in tries] == ["failed"] * 2, tries
+    assert all(t["duration"] < 2.5 for t in tries), [(t["duration"], t["message"]) for t in tries]
+    assert_rolled_back(result, events, "remote", ["create_slot"])
+    assert slot not in slot_names(pg_primary)
+    assert result.elapsed < 12
 
 
 # ---- PostgreSQL down -------------------------------------------------------------------
