@@ -430,3 +430,28 @@ def test_the_marker_check_sees_an_injection_when_there_is_one(hook: Hook, folder
         assert no_marker() == [str(MARKERS[0])]
     finally:
         MARKERS[0].unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize(
+    ("workflow", "args", "code"),
+    [
+        ("failover", lambda v, p: [1, v, v, v, 0, v, 0, 0, p, v, HOST, p], 0),
+        ("follow_primary", lambda v, p: [1, v, p, v, 0, HOST, 0, 0, p, v], 0),
+        ("recovery_1st_stage", lambda v, p: [v, HOST, f"/{v}", p, 1, 5433, HOST], 1),  # / is not writable
+        ("remote_start", lambda v, p: [v, v], 1),
+    ],
+)
+def test_every_workflow_as_pgpool_runs_it(
+    hook: Hook, hook_app: Any, pg_primary: Any, workflow: str, args: Any, code: int
+) -> None:
+    """Through the installed wrapper, as the postgres user, every string argument hostile at once."""
+    value = HOSTILE["dollar"] + HOSTILE["semicolon"] + HOSTILE["backtick"]
+    slots = slot_names(pg_primary)
+    proc = hook_app.run(
+        "run", "--config", str(hook.config), workflow, *map(str, args(value, pg_primary.port))
+    )
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
+    assert no_marker() == []
+    assert slot_names(pg_primary) == slots
+    assert pg_primary.query("SELECT to_regclass(%s) IS NOT NULL", [CANARY]) == [(True,)]
