@@ -381,3 +381,15 @@ def test_ssh_command_printing_the_password_and_ssh_that_cannot_connect(
     code, everything = site.run(capsys, "run", "--dry-run", name, "127.0.0.1", str(port))
     assert code == 0 and f"PGPASSWORD={MASK}" in everything
     assert leaked(everything) == []
+
+
+def test_secret_given_with_set_is_masked_in_the_journal_that_records_overrides(
+    site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The journal keeps a run's --set overrides (for resume); a secret among them is masked."""
+    code, everything = site.run(
+        capsys, "run", "--set", f"secrets.extra.value={SECRETS['value']}x", site.workflow(EXIT)
+    )
+    assert code == 4
+    assert MASK in (site.state / "journal.jsonl").read_text()
+    assert leaked(everything) == []
