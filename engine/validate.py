@@ -18,9 +18,9 @@ from engine.errors import InvalidInput, Problem
 from engine.model import Param, Retry, Step, Workflow
 from engine.source import locate, path_text
 
-# Checking what runs before each step grows with the square of the steps; a hook needs a few
-# dozen, so a file with more is refused before that work starts (it would take minutes and GBs).
-MAX_STEPS = 500
+# A bound on workflow size, so a huge file is refused before any work starts. What runs before a
+# step is computed only for steps that read `steps.X`, so checking grows linearly with the steps.
+MAX_STEPS = 20000
 
 JINJA_GLOBALS = frozenset(
     {"range", "dict", "lipsum", "cycler", "joiner", "namespace", "true", "false", "none"}
@@ -307,16 +307,24 @@ def _make_step(
     )
 
 
-def _runs_before(steps: list[Step]) -> dict[str, set[str]]:
-    """For each step, the steps certain to have finished when it starts.
+class _RunsBefore(dict):  # type: ignore[type-arg]
+    """For a step id, the steps certain to have finished when it starts (computed on demand).
 
     Its needs, their needs, and so on; plus every step above it whose own needs are all
     certain to be finished then, because the runner always starts the first ready step in
     file order.  (A step above may still run later when it needs a step further down.)
+    Only steps whose templates read ``steps.X`` ask, so a long workflow costs no n².
     """
-    by_id = {s.id: s for s in steps}
-    result: dict[str, set[str]] = {}
-    for index, step in enumerate(steps):
+
+    def __init__(self, steps: list[Step]):
+        super().__init__()
+        self.steps = steps
+        self.index = {s.id: i for i, s in enumerate(steps)}
+
+    def __missing__(self, step_id: str) -> set[str]:
+        steps, by_id = self.steps, {s.id: s for s in self.steps}
+        index = self.index[step_id]
+        step = steps[index]
         before: set[str] = set()
         todo = [d for d in step.needs if d in by_id]
         while todo:
@@ -331,8 +339,27 @@ def _runs_before(steps: list[Step]) -> dict[str, set[str]]:
                 if above.id not in before and all(d in before for d in above.needs):
                     before.add(above.id)
                     grew = True
-        result[step.id] = before
-    return result
+        self[step_id] = before
+        return before
+
+
+class _LazySet:
+    """Stands for a set of step ids that is only computed if a template reads ``steps.X``."""
+
+    def __init__(self, compute: Any):
+        self._compute = compute
+        self._value: set[str] | None = None
+
+    def get(self) -> set[str]:
+        if self._value is None:
+            self._value = set(self._compute())
+        return self._value
+
+    def __rsub__(self, other: set[str]) -> set[str]:
+        return set() if not other else other - self.get()
+
+    def __or__(self, other: Any) -> _LazySet:
+        return _LazySet(lambda: self.get() | set(other))
 
 
 def check_workflow(path: str, doc: Any, problems: list[Problem]) -> Workflow | None:
@@ -397,7 +424,7 @@ def check_workflow(path: str, doc: Any, problems: list[Problem]) -> Workflow | N
 
     uses: dict[str, tuple[str, ...]] = {}  # per step: the vars its templates read
     step_ids = {s.id for s in steps}
-    runs_before = _runs_before(steps)
+    runs_before = _RunsBefore(steps)
     for section, collection in (("steps", steps), ("handlers", list(handlers.values()))):
         raws = doc.get(section) or []
         index = {r["id"]: i for i, r in reversed(list(enumerate(raws)))}  # first of duplicate ids
@@ -425,8 +452,9 @@ def check_workflow(path: str, doc: Any, problems: list[Problem]) -> Workflow | N
                     else:
                         chk.add(here + [field], _unknown(ref, set(handlers), "handler"))
             # names visible: everything known, plus results of steps certain to have run (any step for handlers)
-            visible = step_ids if step.handler else runs_before[step.id]
-            visible = visible | set(handlers) if step.handler else visible
+            visible: Any = (
+                step_ids | set(handlers) if step.handler else _LazySet(lambda sid=step.id: runs_before[sid])  # type: ignore[misc]
+            )
             chk.used = set()
             for key in ("when",):
                 if isinstance(raw_get(doc, here, key), str):

@@ -18,6 +18,7 @@ import pytest
 
 from engine import source, validate
 from engine.cli import main
+from engine.validate import MAX_STEPS
 
 TOUCH = "  - id: first\n    local: [touch, '{m}']\n"
 HEAD = "name: w\nparams: [host, {name: node_id, type: int}]\nsteps:\n" + TOUCH
@@ -144,8 +145,8 @@ WORKFLOWS = [
     ("alias-bomb", BOMB, (6, 7, "", "too many values (more than 100000")),
     (
         "too-many-steps",
-        "name: w\nsteps:\n" + TOUCH + "".join(f"  - {{id: s{i}, local: [x]}}\n" for i in range(500)),
-        (2, 1, "steps", "501 items; at most 500"),
+        "name: w\nsteps:\n" + TOUCH + "".join(f"  - {{id: s{i}, local: [x]}}\n" for i in range(MAX_STEPS)),
+        (2, 1, "steps", f"{MAX_STEPS + 1} items; at most {MAX_STEPS}"),
     ),
     ("long-needs-cycle", LONG_CYCLE, (6, 26, "steps[1].needs", "`needs` forms a cycle: s0 -> s1 -> s2 -> ")),
 ]
