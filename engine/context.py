@@ -121,9 +121,8 @@ def build(
     }
     r = Renderer(ctx, file=workflow.path, base_dir=workflow.directory)
     overrides = config.data.get("vars") or {}
-
-    def render_var(name: str) -> None:
-        source = overrides.get(name, workflow.vars[name])
+    for name, value in workflow.vars.items():
+        source = overrides.get(name, value)
         vr = r.for_step("", workflow.path, workflow.var_lines.get(name))
         try:
             ctx[name] = vr.value(source, f"vars.{name}")
@@ -135,30 +134,4 @@ def build(
             ) from None
         if isinstance(ctx[name], SecretMissing):
             raise RenderError(f"vars.{name}: a secret is missing")
-
-    # A real run renders a var only when a step about to run reads it: a follow-primary
-    # that skips a stopped node should not pay for rendering the rewind's settings.
-    # Validation records which vars each step and var read; config overrides may read
-    # anything, so with overrides (and for dry-runs, which show everything) all are rendered.
-    lazy = not dry_run and not overrides and set(workflow.var_uses) == set(workflow.vars)
-    if not lazy:
-        for name in workflow.vars:
-            render_var(name)
-        return ctx, r
-    done: set[str] = set()
-
-    def ensure(names: tuple[str, ...]) -> None:
-        for name in names:
-            if name not in done:
-                done.add(name)
-                ensure(workflow.var_uses.get(name, ()))
-                render_var(name)
-
-    def prepare(step_id: str) -> None:
-        try:
-            ensure(workflow.step(step_id).uses)
-        except KeyError:
-            pass
-
-    r.prepare, r.ensure_vars = prepare, ensure
     return ctx, r

@@ -53,7 +53,6 @@ class Step:
     undo: tuple[str, ...] = ()
     guard: bool = False
     handler: bool = False  # lives under `handlers:`: runs only as an undo or fallback
-    uses: tuple[str, ...] = ()  # the workflow vars its templates read (rendered just before it runs)
 
     def where(self) -> str:
         return f"{self.file}:{self.line}"
@@ -73,8 +72,6 @@ class Workflow:
     lock_timeout: float = 0.0
     extra_args: bool = True
     var_lines: dict[str, int] = field(default_factory=dict)
-    var_uses: dict[str, tuple[str, ...]] = field(default_factory=dict)  # var -> vars it reads
-    lock_uses: tuple[str, ...] = ()
 
     @property
     def directory(self) -> str:
@@ -95,7 +92,7 @@ class Workflow:
 def _step_from_dict(d: dict[str, Any]) -> Step:
     d = dict(d)
     d["retry"] = Retry(**d["retry"])
-    for key in ("needs", "fallbacks", "undo", "uses"):
+    for key in ("needs", "fallbacks", "undo"):
         d[key] = tuple(d[key])
     return Step(**d)
 
@@ -112,6 +109,4 @@ def workflow_from_dict(d: dict[str, Any]) -> Workflow:
     d["params"] = tuple(Param(**p) for p in d["params"])
     d["steps"] = tuple(_step_from_dict(s) for s in d["steps"])
     d["handlers"] = {k: _step_from_dict(s) for k, s in d["handlers"].items()}
-    d["var_uses"] = {k: tuple(v) for k, v in d.get("var_uses", {}).items()}
-    d["lock_uses"] = tuple(d.get("lock_uses", ()))
     return Workflow(**d)

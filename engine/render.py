@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # jinja2 costs ~25 ms to import: only runs that render anything pay for it
@@ -207,27 +207,14 @@ class Renderer:
         self.step, self.file, self.line = step, file, line
         self.base_dir = base_dir
         self._cache: dict[tuple[bool, str], Any] = {}
-        # set by context.build for real runs: renders the vars a step reads, just before it runs
-        self.prepare: Callable[[str], None] | None = None
-        self.ensure_vars: Callable[[tuple[str, ...]], None] = lambda names: None
-        self._prepared = False
 
     def for_step(self, step: str, file: str, line: int | None) -> Renderer:
         r = Renderer(self.context, step=step, file=file, line=line, base_dir=self.base_dir)
         r._cache = self._cache
-        r.prepare, r.ensure_vars = self.prepare, self.ensure_vars
         return r
-
-    def _ready(self) -> None:
-        """Render the vars this step reads, once, before its first template."""
-        if not self._prepared:
-            self._prepared = True
-            if self.prepare is not None and self.step:
-                self.prepare(self.step)
 
     def template_file(self, relative: str, field: str = "src") -> str:
         """Render a template file that lives beside the workflow (e.g. templates/x.j2)."""
-        self._ready()
         path = os.path.join(self.base_dir, relative)
         try:
             with open(path, encoding="utf-8") as fh:
@@ -260,7 +247,6 @@ class Renderer:
         return RenderError(msg, file=self.file, line=self.line, step=self.step, field=field)
 
     def text(self, source: Any, field: str = "", *, shell: bool = False) -> str:
-        self._ready()
         if not isinstance(source, str):
             return "" if source is None else str(source)
         if not is_template(source):
@@ -282,7 +268,6 @@ class Renderer:
         return self.text(source, field, shell=True)
 
     def expr(self, source: Any, field: str = "when", extra: dict[str, Any] | None = None) -> Any:
-        self._ready()
         if isinstance(source, bool) or source is None:
             return bool(source) if source is not None else True
         if not isinstance(source, str):

@@ -58,7 +58,6 @@ def execute(
     lock_name = workflow.name
     if workflow.lock:
         try:
-            r.ensure_vars(workflow.lock_uses)
             lock_name = r.text(workflow.lock, "lock")
         except RenderError as exc:
             logger.event("invalid", str(exc))

@@ -8,7 +8,6 @@ so a workflow that validates is exactly a workflow that can start.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import os
 from typing import Any
@@ -136,7 +135,6 @@ class _Checker:
         self.file = path
         self.doc = doc
         self.problems: list[Problem] = []
-        self.used: set[str] = set()  # names read by the templates checked since the last reset
 
     def add(self, path: list[Any], message: str) -> None:
         pos = locate(self.doc, path)
@@ -175,7 +173,6 @@ class _Checker:
                 )
             )
             return
-        self.used |= names
         for name in sorted(names - known - JINJA_GLOBALS):
             hint = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.7)
             self.add(
@@ -392,13 +389,10 @@ def check_workflow(path: str, doc: Any, problems: list[Problem]) -> Workflow | N
 
     # vars: each may use params, config and vars defined above it
     var_lines: dict[str, int] = {}
-    var_uses: dict[str, tuple[str, ...]] = {}
     for name, value in (doc.get("vars") or {}).items():
-        chk.used = set()
         for text, p in _strings(value, ["vars", name]):
             if render.is_template(text):
                 chk.jinja(text, p, known, step_ids=set())
-        var_uses[name] = tuple(sorted(chk.used & set(var_lines)))
         known.add(name)
         var_lines[name] = chk.line_of(["vars", name])
 
@@ -422,7 +416,6 @@ def check_workflow(path: str, doc: Any, problems: list[Problem]) -> Workflow | N
             else:
                 handlers[sid] = step
 
-    uses: dict[str, tuple[str, ...]] = {}  # per step: the vars its templates read
     step_ids = {s.id for s in steps}
     runs_before = _RunsBefore(steps)
     for section, collection in (("steps", steps), ("handlers", list(handlers.values()))):
@@ -455,7 +448,6 @@ def check_workflow(path: str, doc: Any, problems: list[Problem]) -> Workflow | N
             visible: Any = (
                 step_ids | set(handlers) if step.handler else _LazySet(lambda sid=step.id: runs_before[sid])  # type: ignore[misc]
             )
-            chk.used = set()
             for key in ("when",):
                 if isinstance(raw_get(doc, here, key), str):
                     chk.jinja(raw_get(doc, here, key), here + [key], known, visible, expression=True)
@@ -479,7 +471,6 @@ def check_workflow(path: str, doc: Any, problems: list[Problem]) -> Workflow | N
             if templates is not None:
                 for rel, text, label in templates(step.body, os.path.dirname(os.path.abspath(path))):
                     _check_template_file(chk, body_path + list(rel), text, label, known, visible)
-            uses[step.id] = tuple(sorted(chk.used & set(var_uses)))
 
     deps = {s.id: s.needs for s in steps}
     cycle = _find_cycle(deps)
@@ -488,10 +479,8 @@ def check_workflow(path: str, doc: Any, problems: list[Problem]) -> Workflow | N
         chk.add(["steps", idx[cycle[0]], "needs"], "`needs` forms a cycle: " + " -> ".join(cycle))
 
     lock = doc.get("lock")
-    chk.used = set()
     if isinstance(lock, str) and render.is_template(lock):
         chk.jinja(lock, ["lock"], known, set())
-    lock_uses = tuple(sorted(chk.used & set(var_uses)))
     problems.extend(chk.problems)
     if problems:
         return None
@@ -501,15 +490,13 @@ def check_workflow(path: str, doc: Any, problems: list[Problem]) -> Workflow | N
         description=" ".join(str(doc.get("description", "")).split()),
         params=params,
         vars=source.plain(doc.get("vars") or {}),
-        steps=tuple(dataclasses.replace(s, uses=uses.get(s.id, ())) for s in steps),
-        handlers={k: dataclasses.replace(s, uses=uses.get(k, ())) for k, s in handlers.items()},
+        steps=tuple(steps),
+        handlers=handlers,
         deadline=doc.get("deadline"),
         lock=lock,
         lock_timeout=doc.get("lock_timeout", 0) or 0,
         extra_args=doc.get("extra_args", True),
         var_lines=var_lines,
-        var_uses=var_uses,
-        lock_uses=lock_uses,
     )
 
 
@@ -529,7 +516,6 @@ def _check_template_file(
     except TemplateSyntaxError as exc:
         chk.problems.append(Problem(label, exc.lineno, None, "", f"Jinja2 syntax error: {exc.message}"))
         return
-    chk.used |= names
     for name in sorted(names - known - JINJA_GLOBALS):
         chk.problems.append(
             Problem(
