@@ -14,7 +14,7 @@ from typing import Any
 from engine.config import Config, SecretMissing
 from engine.errors import InvalidInput, NeedsRuntime, Problem, RenderError
 from engine.model import Workflow
-from engine.render import Renderer, StepResults, environment, slot_name_default
+from engine.render import Renderer, StepResults, compiled, slot_name_default
 
 MAX_ARG_LENGTH = 4096
 INTEGER = re.compile(r"[+-]?[0-9]+")
@@ -105,7 +105,7 @@ def build(
     slot_rule = config.data.get("replication_slot") or "{{ host | slot_name }}"
 
     def replication_slot(host: Any = "", port: Any = "", node_id: Any = "") -> str:
-        text = environment().from_string(slot_rule).render(host=host, port=port, node_id=node_id)
+        text = compiled(slot_rule).render(host=host, port=port, node_id=node_id)
         return slot_name_default(text) if text else text
 
     ctx: dict[str, Any] = {

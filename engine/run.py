@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any
 
-from engine import context
+from engine import context, render
 from engine.config import Config
 from engine.errors import EXIT_FAILED, Interrupted, RenderError
 from engine.interpreter import Clock, Runner, RunResult
@@ -47,10 +47,14 @@ def execute(
     logger = Logger(workflow.name, run_id, masker, stream=stream or sys.stderr)
     # steps.<id> of steps done in an earlier run (resume), so later expressions still read them
     results: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (restored or {}).items()}
+    from engine.cache import engine_fingerprint
+
+    render.load_code_cache(os.path.join(cfg.state_dir, "cache", f"templates-{engine_fingerprint()}.marshal"))
     try:
         ctx, r = context.build(workflow, cfg, params, dry_run=False, results=results, run_id=run_id)
     except RenderError as exc:
         logger.event("invalid", str(exc))
+        render.save_code_cache()
         return 2
     journal = Journal(cfg.state_dir, run_id, masker)
     if journal.error:
@@ -138,4 +142,5 @@ def execute(
                 attempt=0,
             )
         journal.close()
+        render.save_code_cache()  # after the summary line: never delays what pgpool waits for
     return result.exit_code if result is not None else EXIT_FAILED
