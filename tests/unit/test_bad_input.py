@@ -355,3 +355,14 @@ def test_var_that_cannot_be_rendered_for_these_arguments_is_located_in_a_dry_run
     assert code == 2
     assert err.splitlines()[0] == f"error: {path}:5: vars.port: 'dict object' has no attribute 'pg9'"
     assert site.nothing_ran()
+
+
+def test_var_that_cannot_be_rendered_stops_a_real_run_before_any_step(site, capsys) -> None:  # type: ignore[no-untyped-def]
+    path = site.workflow(
+        GOOD.replace("steps:", "vars:\n  ports: {pg1: 5432}\n  port: '{{ ports[host] }}'\nsteps:")
+    )
+    code = main(["run", "--config", str(site.config), str(path), "pg9", "1"])
+    _, err = capsys.readouterr()
+    assert code == 2, err
+    assert f"{path}:5: field 'vars.port': 'dict object' has no attribute 'pg9'" in err
+    assert not site.marker.exists()
