@@ -686,9 +686,9 @@ def test_template_write_killed_at_random_moments_never_tears_the_file(
         for name in temp_files(remote_dir):
             old = time.time() - STALE_TEMP_AGE - 60
             os.utime(remote_dir / name, (old, old))
-    last = sc.run(dest, "A", size, host)
+    last = sc.run(dest, "D", size, host)  # new content: temp files are tidied when the file is written
     assert last.rc == 0, last.log
-    assert dest.read_bytes() == content("A", size)
+    assert dest.read_bytes() == content("D", size)
     assert temp_files(remote_dir) == [], (seen_temp, changed)
     assert changed < 8, f"no kill landed before the rename (a write takes {took}s)"  # the test hit writes
 
