@@ -48,10 +48,10 @@ from sandbox.sshd import Sshd
 from sandbox.stack import PgpoolSandbox
 
 ADDRESSES = ("127.0.0.51", "127.0.0.52", "127.0.0.53")
-PG_PORT = 35432
+PG_PORT = 24432  # below 32768: ports in the ephemeral range can be taken by any outgoing connection
 SSH_PORT = 2422
-PGPOOL_PORT = 39999
-PCP_PORT = 39898
+PGPOOL_PORT = 24999
+PCP_PORT = 24898
 
 TOOLS = ("ours", "theirs")  # A = pgpool-hook, B = the sample scripts
 FAILOVER_ARGS = "%d %h %p %D %m %H %M %P %r %R %N %S"

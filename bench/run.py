@@ -245,7 +245,7 @@ def split_recovery(cases: dict[str, Any]) -> None:
     if not rec:
         return
     m = rec["metrics"]
-    base = {"pairs_planned": rec["pairs_planned"], "errors": rec["errors"]}
+    base = {"pairs_planned": rec.get("pairs_planned"), "errors": rec.get("errors", [])}
     cases["recovery_1st_stage"] = {
         **base,
         "metrics": {"hook": m.get("first_stage")} if m.get("first_stage") else {},
@@ -349,9 +349,16 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             print(f"{name} ...", flush=True)
             t0 = time.perf_counter()
-            results["cases"][name] = CASES[name](bench)
+            try:
+                results["cases"][name] = CASES[name](bench)
+            except Exception as exc:  # noqa: BLE001 - a broken case must not cost the others
+                print(f"  {name} could not run: {type(exc).__name__}: {str(exc)[:2000]}", flush=True)
+                results["cases"][name] = {"errors": [f"{type(exc).__name__}: {exc}"], "metrics": {}}
             results["cases"][name]["seconds"] = round(time.perf_counter() - t0, 1)
-            bench.teardown()
+            try:
+                bench.teardown()
+            except Exception as exc:  # noqa: BLE001
+                print(f"  teardown after {name} failed: {exc}", flush=True)
     except KeyboardInterrupt:
         print("interrupted: writing what was measured so far", file=sys.stderr)
         results["interrupted"] = True
