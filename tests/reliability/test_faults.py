@@ -467,6 +467,36 @@ def test_sigterm_to_the_process_group_stops_the_step_and_rolls_back(
     assert temp_files(remote_dir) == []
 
 
+def test_a_second_sigterm_during_the_rollback_does_not_cut_it_short(
+    scenario: Any, pg_primary: Any, remote_dir: Path
+) -> None:
+    """pgpool (or an operator) may signal again while the undos run: they still all run."""
+    arg = unique_sleep()
+    sc = scenario({
+        "params": [*PARAMS, "nap"],
+        "steps": [
+            {"id": "prepare", "local": {"command": ["true"]}, "timeout": 5, "undo": "slow_undo"},
+            {"id": "long", "local": {"command": ["sleep", "{{ nap }}"]}, "timeout": 50},
+        ],
+        "handlers": [
+            {"id": "slow_undo", "local": {"command": ["sh", "-c", "sleep 1; touch \"$0\"", "{{ dir }}/undone"]},
+             "timeout": 10},
+        ],
+    })  # fmt: skip
+    running = sc.start(*args(pg_primary, remote_dir, "unused", arg))
+    running.wait_line("step=long", "outcome=started")
+    running.signal_group(signal.SIGTERM)
+    running.wait_line("step=slow_undo", "outcome=started")
+    running.signal_group(signal.SIGTERM)
+    result = running.finish(30)
+    assert result.rc == 1, result.log
+    assert (remote_dir / "undone").exists(), result.log  # the undo ran to its end
+    events = sc.last_run()
+    assert one(events, "step", step="slow_undo", phase="undo")["status"] == "succeeded"
+    assert one(events, "run_finished")["status"] == "interrupted"
+    assert wait_no_process(f"sleep {arg}") == []
+
+
 @pytest.fixture
 def recovery_target(pg_cluster: Any) -> Iterator[Any]:
     """Standby node 2 of pg_cluster, stopped and without its slot: a detached node to recover."""
