@@ -7,6 +7,7 @@ starts a hook: ``python -m engine run ...`` in its own process group, its log on
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -132,7 +133,8 @@ class Running:
 
     def signal_group(self, sig: int) -> None:
         """Signal the runner's whole process group, as pgpool signals its follow-primary child."""
-        os.killpg(self.proc.pid, sig)
+        with contextlib.suppress(ProcessLookupError):  # it may have ended just now
+            os.killpg(self.proc.pid, sig)
 
     def finish(self, timeout: float = 60) -> Result:
         try:

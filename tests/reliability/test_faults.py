@@ -690,18 +690,21 @@ def test_template_write_killed_at_random_moments_never_tears_the_file(
     sc = scenario(BIG_TEMPLATE)
     first = sc.run(dest, "A", size, host)
     assert first.rc == 0, first.log
-    # kill within 1.5x the time a whole write takes, counted from the step's start
+    # how long a whole write takes (the step's duration)
     took = float(re.findall(r"step=write attempt=1 outcome=ok .*\((\d+\.\d+)s\)", first.log)[0])
-    allowed = {content(t, size) for t in ("A", "B", "C")}
+    tags = [f"T{i}" for i in range(8)]  # each killed run writes new content
+    allowed = {content(t, size) for t in ["A", *tags]}
     rng = random.Random(os.getpid())
     seen_temp = 0
     changed = 0
     before = dest.read_bytes()
-    for i in range(8):
-        tag = "BC"[i % 2]
+    for i, tag in enumerate(tags):
+        old_temps = set(temp_files(remote_dir))
         running = sc.start(dest, tag, size, host)
-        running.wait_line("step=write", "outcome=started")
-        time.sleep(rng.uniform(0.0, took * 1.5))
+        # the moment this run's temporary file appears, then a random part of a whole write later
+        while not set(temp_files(remote_dir)) - old_temps and running.proc.poll() is None:
+            time.sleep(0.001)
+        time.sleep(rng.uniform(0.0, took * 1.2))
         running.signal_group(signal.SIGKILL)
         running.finish(10)
         now = dest.read_bytes()
