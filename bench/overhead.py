@@ -6,7 +6,8 @@
 * ``pgpool-hook validate`` of the shipped workflows (never cached: full schema and
   Jinja2 checks every time);
 * ``pgpool-hook run --dry-run`` of generated 1,000- and 10,000-step workflows (a dry-run
-  never uses the cache, so this is validation + rendering + planning of every step).
+  never uses the cache, so this is validation + rendering + planning of every step), once
+  with independent steps and once with every step reading the previous step's result.
 
 Everything runs as ``postgres`` through ``/bin/sh -c`` with pgpool's environment, like
 the hooks, interleaved round by round so that machine noise hits every command alike.
@@ -28,6 +29,8 @@ from sandbox.osuser import make_postgres_dir
 # the issue asks for 1,000 and 10,000; validate refuses more than MAX_STEPS (500) since
 # commit 71a210c, so 50 and 500 show the growth within the limit as well
 DRY_RUN_SIZES = (50, 500, 1000, 10000)
+# the same with every step reading the previous step's result (steps.X), as real hooks do
+DRY_RUN_REF_SIZES = (1000, 10000)
 
 
 def _config(directory: Path, app: HookApp) -> Path:
@@ -75,31 +78,43 @@ def measure(
             cpu[name].append(result.cpu)
     log("  start-up: " + ", ".join(f"{n} {statistics.median(v) * 1000:.0f} ms" for n, v in times.items()))
 
-    dry: dict[str, Any] = {}
-    for n in DRY_RUN_SIZES:
-        path = synthetic.write(directory, f"bench_steps_{n}", synthetic.scaled_workflow(n))
-        args = " ".join(synthetic.SCALED_ARGS)
-        command = f"{app.wrapper} run --dry-run --config {cfg} {path} {args} >/dev/null"
-        repeats = dry_run_repeats if n <= 1000 else 1
-        log_file = directory / f"dry-run-{n}.log"
-        values: list[float] = []
-        status = "ok"
-        for _ in range(repeats):
-            try:
-                result = run_hook(command, env=env, log=log_file, timeout=dry_run_timeout)
-            except Exception as exc:  # noqa: BLE001 - a timeout is a result here
-                status = f"did not finish: {type(exc).__name__} after {dry_run_timeout:.0f}s"
-                break
-            if result.rc != 0:
-                first = log_file.read_text(errors="replace").strip().splitlines()[:1]
-                status = f"refused, exit {result.rc}: {first[0] if first else '?'} ({result.seconds:.2f} s)"
-                break
-            values.append(result.seconds)
-        dry[str(n)] = {"steps": n, "file_bytes": path.stat().st_size, "status": status, **summary(values)}
-        log(f"  dry-run {n} steps: {dry[str(n)]['median']} s ({status})")
+    args = " ".join(synthetic.SCALED_ARGS)
 
-    def growth(small: int, big: int) -> float | None:
-        a, b = dry[str(small)]["median"], dry[str(big)]["median"]
+    def dry_runs(sizes: tuple[int, ...], reference_previous: bool) -> dict[str, Any]:
+        dry: dict[str, Any] = {}
+        label = "-refs" if reference_previous else ""
+        for n in sizes:
+            text = synthetic.scaled_workflow(n, reference_previous)
+            path = synthetic.write(directory, f"bench_steps_{n}{label}", text)
+            command = f"{app.wrapper} run --dry-run --config {cfg} {path} {args} >/dev/null"
+            repeats = dry_run_repeats if n <= 1000 else 1
+            log_file = directory / f"dry-run-{n}{label}.log"
+            values: list[float] = []
+            status = "ok"
+            for _ in range(repeats):
+                try:
+                    result = run_hook(command, env=env, log=log_file, timeout=dry_run_timeout)
+                except Exception as exc:  # noqa: BLE001 - a timeout is a result here
+                    status = f"did not finish: {type(exc).__name__} after {dry_run_timeout:.0f}s"
+                    break
+                if result.rc != 0:
+                    first = log_file.read_text(errors="replace").strip().splitlines()[:1]
+                    status = (
+                        f"refused, exit {result.rc}: {first[0] if first else '?'} ({result.seconds:.2f} s)"
+                    )
+                    break
+                values.append(result.seconds)
+            dry[str(n)] = {"steps": n, "file_bytes": path.stat().st_size, "status": status, **summary(values)}
+            log(
+                f"  dry-run {n} steps{' reading steps.X' if reference_previous else ''}: {dry[str(n)]['median']} s ({status})"
+            )
+        return dry
+
+    dry = dry_runs(DRY_RUN_SIZES, False)
+    refs = dry_runs(DRY_RUN_REF_SIZES, True)
+
+    def growth(runs: dict[str, Any], small: int, big: int) -> float | None:
+        a, b = runs[str(small)]["median"], runs[str(big)]["median"]
         return b / a if a and b else None
 
     return {
@@ -112,6 +127,8 @@ def measure(
         "noop_run": paired(times["noop_run"], times["python_pass"]),
         "validate": paired(times["validate"], times["python_pass"]),
         "dry_run": dry,
-        "dry_run_growth": growth(1000, 10000),
-        "dry_run_growth_50_500": growth(50, 500),
+        "dry_run_growth": growth(dry, 1000, 10000),
+        "dry_run_growth_50_500": growth(dry, 50, 500),
+        "dry_run_refs": refs,
+        "dry_run_refs_growth": growth(refs, 1000, 10000),
     }

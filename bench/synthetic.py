@@ -4,7 +4,8 @@
 costs interpreter start, imports, config and workflow loading, the journal and the log,
 and nothing else.  ``scaled_workflow(n)`` has ``n`` steps cycling through the step kinds
 (sql, ssh, file, local) with a ``when`` condition and templated fields, for
-``--dry-run``: the cost of validating, rendering and planning should grow linearly in ``n``.
+``--dry-run``: the cost of validating, rendering and planning should grow linearly in ``n``,
+also when each step reads the previous step's result.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ def noop_workflow() -> str:
     )
 
 
-def _step(i: int) -> str:
+def _step(i: int, reference_previous: bool = False) -> str:
     """One step on one line (flow style): 10,000 of them must fit the 1 MiB file limit."""
-    head = f'  - {{id: s{i}, when: "x > 0", '
+    when = f"steps.s{i - 1}.ok" if reference_previous and i > 0 else "x > 0"
+    head = f'  - {{id: s{i}, when: "{when}", '
     kind = i % 4
     if kind == 0:
         body = f'sql: {{host: "{{{{ h }}}}", statement: "SELECT %(n)s", params: {{n: "{{{{ x + {i} }}}}"}}}}'
@@ -41,8 +43,13 @@ def _step(i: int) -> str:
     return head + body + "}\n"
 
 
-def scaled_workflow(n: int) -> str:
-    """A valid workflow of ``n`` steps (``n`` >= 1), under 1 MiB up to 10,000 steps."""
+def scaled_workflow(n: int, reference_previous: bool = False) -> str:
+    """A valid workflow of ``n`` steps (``n`` >= 1), under 1 MiB up to 10,000 steps.
+
+    With ``reference_previous`` every step's condition reads the previous step's result
+    (``steps.s<i-1>.ok``), as real hooks do with ``steps.node_status.rc``: validation then
+    has to work out which steps are certain to have run before each one.
+    """
     params = "".join(f"  - {{name: {p}}}\n" for p in SCALED_PARAMS)
     return (
         f"name: bench_steps_{n}\n"
@@ -50,7 +57,7 @@ def scaled_workflow(n: int) -> str:
         f"params:\n{params}"
         "vars:\n"
         "  x: 1\n"
-        "steps:\n" + "".join(_step(i) for i in range(n))
+        "steps:\n" + "".join(_step(i, reference_previous) for i in range(n))
     )
 
 

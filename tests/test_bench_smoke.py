@@ -35,14 +35,21 @@ def test_synthetic_workflows_dry_run_through_the_cli(tmp_path: Path) -> None:
     assert "would run 10 step(s)" in result.stdout
     for kind in ("sql", "ssh", "file", "local"):
         assert f"({kind}, when" in result.stdout
+    chained = synthetic.write(tmp_path, "chained10", synthetic.scaled_workflow(10, reference_previous=True))
+    result = _cli(
+        "run", "--dry-run", "--config", str(config), str(chained), *synthetic.SCALED_ARGS, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "when steps.s8.ok" in result.stdout
     noop = synthetic.write(tmp_path, synthetic.NOOP_NAME, synthetic.noop_workflow())
     result = _cli("run", "--dry-run", "--config", str(config), str(noop), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert not (tmp_path / "state").exists()  # a dry-run writes nothing
 
 
-def test_the_largest_synthetic_workflow_fits_the_file_size_limit() -> None:
+def test_the_largest_synthetic_workflows_fit_the_file_size_limit() -> None:
     assert len(synthetic.scaled_workflow(max(overhead.DRY_RUN_SIZES)).encode()) < 1024 * 1024
+    assert len(synthetic.scaled_workflow(max(overhead.DRY_RUN_REF_SIZES), True).encode()) < 1024 * 1024
 
 
 def test_sample_adaptation_replaces_every_knob() -> None:
