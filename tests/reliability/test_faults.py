@@ -287,6 +287,45 @@ def test_postgres_down_fails_fast_with_retries(scenario: Any, pg_primary: Any, r
     assert result.elapsed < 10
 
 
+def test_postgres_dying_mid_run_makes_an_incomplete_rollback_that_says_so(
+    scenario: Any, pg_primary: Any, remote_dir: Path
+) -> None:
+    """The slot is created, then the server dies (immediate stop from a local step): the next sql
+    step fails, and the undo that would drop the slot cannot reach the server either."""
+    slot = new_slot()
+    scenario.slots.append(slot)
+    stop = [str(pg_primary.bin_dir / "pg_ctl"), "-D", str(pg_primary.pgdata), "-m", "immediate", "-w", "stop"]
+    sc = scenario({
+        "params": PARAMS,
+        "deadline": 30,
+        "steps": [
+            create_slot_step(),
+            {"id": "crash", "local": {"command": ["runuser", "-u", "postgres", "--", *stop]}, "timeout": 20},
+            {
+                "id": "checkpoint",
+                "sql": {"host": "{{ host }}", "port": "{{ pg_port }}", "statement": "CHECKPOINT"},
+                "retry": {"attempts": 2, "delay": 0.2},
+                "timeout": 5,
+            },
+        ],
+        "handlers": [DROP_SLOT],
+    })  # fmt: skip
+    try:
+        result = sc.run(*args(pg_primary, remote_dir, slot))
+        assert not pg_primary.is_running()
+    finally:
+        pg_primary.start()
+    assert result.rc == 3, result.log
+    events = sc.last_run()
+    assert [t["outcome"] for t in attempts(events, "checkpoint")] == ["failed"] * 2
+    assert [t["outcome"] for t in of(events, "attempt", step="drop_slot", phase="undo")] == ["failed"] * 2
+    end = one(events, "run_finished")
+    assert (end["status"], end["exit_code"]) == ("rollback-incomplete", 3), end
+    assert result.lines("step=drop_slot", "outcome=undo-failed"), result.log
+    assert result.lines("outcome=finished", "rollback INCOMPLETE"), result.log
+    assert slot in slot_names(pg_primary)  # left for the operator, who was told; dropped by the fixture
+
+
 # ---- a host that accepts the connection and never answers ------------------------------
 
 
