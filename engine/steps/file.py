@@ -191,8 +191,12 @@ class FileKind:
         if not fs.is_dir(path):
             raise StepFailure(f"{path} is not a folder")
         entries = fs.listdir(path)
-        for name in entries:
-            fs.remove_tree(f"{path.rstrip('/')}/{name}")
+        bulk = getattr(fs, "remove_contents", None)
+        if bulk is not None and entries:
+            bulk(path, timeout)  # one remote command instead of a round trip per file
+        else:
+            for name in entries:
+                fs.remove_tree(f"{path.rstrip('/')}/{name}")
         return Outcome(
             ok=True,
             data={"changed": bool(entries), "removed": len(entries)},

@@ -561,6 +561,18 @@ class SftpFS:
         names: list[str] = self._call("list", path, lambda s: s.listdir(path))
         return sorted(names)
 
+    def remove_contents(self, path: str, timeout: float | None) -> None:
+        """Empty a folder with one remote command: an SFTP round trip per file makes
+        emptying a PGDATA of a few thousand files take seconds.  ``rm -rf`` removes a
+        symlink, never what it points to."""
+        command = f"find {shlex.quote(path)} -mindepth 1 -maxdepth 1 -exec rm -rf -- {{}} +"
+        res = self.pool.run(self.host, command, timeout=timeout, user=self.user, port=self.port)
+        if res.timed_out or res.rc != 0:
+            why = (
+                "timed out" if res.timed_out else (res.stderr.strip().splitlines() or [f"exit {res.rc}"])[-1]
+            )
+            raise StepFailure(f"emptying {path} on {self.host} failed: {why}")
+
     def remove_tree(self, path: str) -> None:
         """Remove ``path`` and, if it is a real folder, everything in it; symlinks are never followed."""
 
