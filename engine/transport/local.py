@@ -2,7 +2,9 @@
 
 Processes start in their own session so a timeout (or SIGTERM to the runner)
 can stop the whole process group — a ``pg_basebackup`` and anything it forked
-— rather than leaving orphans behind pgpool's back.
+— rather than leaving orphans behind pgpool's back.  Being out of the runner's
+group, they would outlive a runner killed with SIGKILL; a small reaper process
+stops them then (see :class:`_Reaper`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 import selectors
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -30,6 +33,47 @@ def _stop_group(proc: subprocess.Popen[bytes]) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+# Reads "+PGID" / "-PGID" lines from the runner; when its stdin closes (the runner exited or was
+# killed) it stops the groups still registered, TERM then KILL.  After a normal run there are none.
+_REAPER = """\
+import os, signal, sys, time
+groups = set()
+for line in sys.stdin:
+    (groups.add if line[0] == "+" else groups.discard)(int(line[1:]))
+for sig in (signal.SIGTERM, signal.SIGKILL):
+    for pgid in groups:
+        try:
+            os.killpg(pgid, sig)
+        except OSError:
+            pass
+    if groups and sig == signal.SIGTERM:
+        time.sleep(2)
+"""
+
+
+class _Reaper:
+    """One per runner process, started with the first local command, in its own session."""
+
+    proc: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def tell(cls, line: str) -> None:
+        try:
+            if cls.proc is None or cls.proc.poll() is not None:
+                cls.proc = subprocess.Popen(
+                    [sys.executable, "-c", _REAPER],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,  # not reached by signals to the runner's group
+                )
+            assert cls.proc.stdin is not None
+            cls.proc.stdin.write(line.encode() + b"\n")
+            cls.proc.stdin.flush()
+        except (OSError, ValueError):
+            pass  # best effort: the command itself still runs and is still stopped on timeout
 
 
 def run(
@@ -59,6 +103,7 @@ def run(
         cwd=cwd,
         start_new_session=True,
     )
+    _Reaper.tell(f"+{proc.pid}")
     if stdin is not None and proc.stdin is not None:
         try:
             proc.stdin.write(stdin)
@@ -102,6 +147,7 @@ def run(
         sel.close()
         if proc.poll() is None:
             _stop_group(proc)
+        _Reaper.tell(f"-{proc.pid}")
         proc.stdout.close()
         proc.stderr.close()
     return CommandResult(
