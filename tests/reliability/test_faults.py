@@ -536,6 +536,31 @@ def test_a_second_sigterm_during_the_rollback_does_not_cut_it_short(
     assert wait_no_process(f"sleep {arg}") == []
 
 
+@pytest.mark.parametrize("where", ["local", "ssh"])
+def test_kill_9_of_the_runner_leaves_no_command_running(
+    scenario: Any, pg_primary: Any, remote_dir: Path, where: str
+) -> None:
+    """Commands run in their own process group (so a timeout can stop all they started), out of
+    reach of a signal to the runner's group: after a kill -9 they must not run on behind pgpool."""
+    shells = remote_shells()
+    arg = unique_sleep()
+    long_step: dict[str, Any] = (
+        {"local": {"command": ["sh", "-c", 'sleep "$0" & sleep "$0"; wait', "{{ nap }}"]}}
+        if where == "local"
+        else {"ssh": {"host": "{{ host }}", "command": "sleep {{ nap }} & sleep {{ nap }}; wait"}}
+    )
+    sc = scenario({"params": [*PARAMS, "nap"], "steps": [{"id": "long", **long_step, "timeout": 50}]})
+    running = sc.start(*args(pg_primary, remote_dir, "unused", arg))
+    wait_for(lambda: len(processes_matching(f"sleep {arg}")) >= 2, 10, f"two sleep {arg} to run")
+    running.signal_group(signal.SIGKILL)
+    running.finish(10)
+    assert wait_no_process(f"sleep {arg}", timeout=6) == []  # both, the background one too
+    assert wait_no_process("groups = set", timeout=3) == []  # the local commands' reaper is done too
+    assert remote_shells_left(shells) == []
+    events = sc.last_run()
+    assert of(events, "run_started") and not of(events, "run_finished")
+
+
 @pytest.fixture
 def recovery_target(pg_cluster: Any) -> Iterator[Any]:
     """Standby node 2 of pg_cluster, stopped and without its slot: a detached node to recover."""
