@@ -28,6 +28,8 @@ Cluster states and resets:
 
 from __future__ import annotations
 
+import datetime
+import re
 import shutil
 import time
 import traceback
@@ -119,6 +121,24 @@ def slot_state(primary: Node, name: str) -> bool | None:
     return None
 
 
+STAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z ", re.M)
+
+
+def log_span(log: Path) -> tuple[float, float] | None:
+    """Epoch seconds of the first and last timestamped line pgpool-hook logged (ms resolution)."""
+    try:
+        stamps = STAMP.findall(log.read_text(errors="replace"))
+    except OSError:
+        return None
+    if not stamps:
+        return None
+
+    def epoch(text: str) -> float:
+        return datetime.datetime.fromisoformat(text).replace(tzinfo=datetime.UTC).timestamp()
+
+    return epoch(stamps[0]), epoch(stamps[-1])
+
+
 class RunFailed(RuntimeError):
     pass
 
@@ -137,6 +157,8 @@ class Bench:
     scripts: dict[str, Path] = field(default_factory=dict, init=False)
     runs: int = field(default=0, init=False)
     cpu: dict[str, dict[str, list[float]]] = field(default_factory=dict, init=False)
+    # pgpool-hook only: time before its first log line and after its last one, per run
+    phases: dict[str, dict[str, list[float]]] = field(default_factory=dict, init=False)
     build_seconds: list[float] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
@@ -265,8 +287,16 @@ class Bench:
     def run(self, case: str, tool: str, command: str, *, env: dict[str, str], cwd: str = "/") -> float:
         self.runs += 1
         log = self.logs_dir / f"{self.runs:03d}-{case}-{tool}.log"
+        started = time.time()
         result = run_hook(command, env=env, cwd=cwd, log=log)
+        ended = started + result.seconds
         self.cpu.setdefault(case, {}).setdefault(tool, []).append(result.cpu)
+        if tool == "ours":
+            stamps = log_span(log)
+            if stamps is not None:
+                phases = self.phases.setdefault(case, {"before_first_line": [], "after_last_line": []})
+                phases["before_first_line"].append(stamps[0] - started)
+                phases["after_last_line"].append(ended - stamps[1])
         if result.rc != 0:
             raise RunFailed(f"{case}/{tool} exited {result.rc}; log {log}:\n{tail(log)}")
         return result.seconds

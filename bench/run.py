@@ -231,16 +231,21 @@ def _verdict(v: dict[str, Any] | None, m: dict[str, Any]) -> str:
 
 
 def cpu_table(results: dict[str, Any]) -> list[list[str]]:
-    """Median CPU seconds per hook run, both ways: much steadier than wall time under load."""
+    """Median CPU seconds per hook run, both ways: much steadier than wall time under load;
+    for pgpool-hook also the wall time before its first and after its last log line."""
     rows = []
+    phases = results.get("hook_phases_seconds", {})
     for case, tools in results.get("hook_cpu_seconds", {}).items():
         ours, theirs = summary(tools.get("ours", [])), summary(tools.get("theirs", []))
-        rows.append([case, fmt_s(ours["median"]), fmt_s(theirs["median"])])
+        p = phases.get(case, {})
+        before = summary(p.get("before_first_line", []))["median"]
+        after = summary(p.get("after_last_line", []))["median"]
+        rows.append([case, fmt_s(ours["median"]), fmt_s(theirs["median"]), fmt_s(before), fmt_s(after)])
     cpu = results.get("overhead", {}).get("cpu")
     if cpu:
         floor = fmt_s(cpu["python_pass"]["median"])
-        rows.append(["noop run vs python3 -c pass", fmt_s(cpu["noop_run"]["median"]), floor])
-        rows.append(["validate vs python3 -c pass", fmt_s(cpu["validate"]["median"]), floor])
+        rows.append(["noop run vs python3 -c pass", fmt_s(cpu["noop_run"]["median"]), floor, "", ""])
+        rows.append(["validate vs python3 -c pass", fmt_s(cpu["validate"]["median"]), floor, "", ""])
     return rows
 
 
@@ -417,6 +422,9 @@ def main(argv: list[str] | None = None) -> int:
     results["build_seconds"] = bench.build_seconds
     # CPU seconds (user + system) of every timed hook run, warm-ups included, per case and tool
     results["hook_cpu_seconds"] = bench.cpu
+    # pgpool-hook runs: wall time before its first log line (start-up: interpreter, imports,
+    # config, cached workflow, vars) and after its last one (closing connections, exit)
+    results["hook_phases_seconds"] = bench.phases
     results["machine"] = results.get("machine", {})
     results["machine"]["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
     results["total_seconds"] = round(time.time() - started, 1)
@@ -427,7 +435,18 @@ def main(argv: list[str] | None = None) -> int:
     cpu_rows = cpu_table(results)
     if cpu_rows:
         print("\nCPU time (user + system of the hook and its children; remote work over ssh not included):")
-        print(table(cpu_rows, ["run", "pgpool-hook median", "sample / floor median"]))
+        print(
+            table(
+                cpu_rows,
+                [
+                    "run",
+                    "pgpool-hook CPU",
+                    "sample / floor CPU",
+                    "pgpool-hook before 1st log line",
+                    "after last",
+                ],
+            )
+        )
     errors = {name: c["errors"] for name, c in results["cases"].items() if c.get("errors")}
     for name, errs in errors.items():
         for e in errs:

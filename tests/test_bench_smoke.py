@@ -110,5 +110,16 @@ def test_a_failed_run_keeps_the_pairs_aligned(tmp_path: Path) -> None:
     assert result["errors"] == ["pair 1 ours: boom"]
 
 
+def test_log_span_reads_the_first_and_last_timestamps(tmp_path: Path) -> None:
+    log = tmp_path / "run.log"
+    log.write_text(
+        "2026-11-27T10:00:00.100Z pgpool-hook[x] outcome=started\n+ xtrace line\n"
+        "2026-11-27T10:00:01.350Z pgpool-hook[x] outcome=finished\n"
+    )
+    span = cluster.log_span(log)
+    assert span is not None and abs(span[1] - span[0] - 1.25) < 1e-6
+    assert cluster.log_span(tmp_path / "missing.log") is None
+
+
 def test_modules_expose_their_entry_points() -> None:
     assert callable(run.main) and callable(proc.run_hook) and set(cluster.CASES) >= {"e2e", "recovery"}
