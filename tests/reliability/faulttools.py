@@ -59,18 +59,26 @@ def wait_no_process(pattern: str, timeout: float = 5.0) -> list[str]:
 SHELL_MARK = "__pgpool_hook_pgid_|pgpool-hook-watchdog"  # ssh steps' remote shells and their watchdogs
 
 
+REAPER_MARK = "groups = set"  # in the command line of a runner's local-command reaper
+
+
 def remote_shells() -> set[str]:
     return set(processes_matching(SHELL_MARK))
 
 
-def remote_shells_left(before: set[str], timeout: float = 4.0) -> list[str]:
-    """Shells of ssh steps still running that were not there ``before`` (older sessions' are ignored)."""
+def new_processes_left(pattern: str, before: set[str], timeout: float = 4.0) -> list[str]:
+    """Processes matching ``pattern`` still running that were not there ``before``."""
     end = time.monotonic() + timeout
     while True:
-        left = sorted(remote_shells() - before)
+        left = sorted(set(processes_matching(pattern)) - before)
         if not left or time.monotonic() > end:
             return left
         time.sleep(0.05)
+
+
+def remote_shells_left(before: set[str], timeout: float = 4.0) -> list[str]:
+    """Shells of ssh steps still running that were not there ``before`` (older sessions' are ignored)."""
+    return new_processes_left(SHELL_MARK, before, timeout)
 
 
 def wait_for(predicate: Any, timeout: float, message: str) -> Any:
