@@ -182,7 +182,7 @@ def build_rows(results: dict[str, Any]) -> list[list[str]]:
                 verdict = "met" if d["median"] is not None and d["median"] < 10 else "MISSED"
             rows.append(
                 [
-                    f"--dry-run, {int(n):,} steps, each reading steps.<previous>",
+                    f"--dry-run, {int(n):,} steps, each reading the previous step",
                     f"{d['n']}",
                     _span(d) if d["median"] is not None else _short_status(d["status"]),
                     "",
