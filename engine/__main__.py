@@ -1,5 +1,5 @@
 """``python -m engine`` behaves exactly like the ``pgpool-hook`` console script."""
 
-from engine.cli import main
+from engine.cli import entry
 
-raise SystemExit(main())
+entry()

@@ -417,3 +417,19 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             raise
         say(f"internal error: {type(exc).__name__}: {exc} (set PGPOOL_HOOK_DEBUG=1 for a traceback)")
         return EXIT_FAILED
+
+
+def entry() -> None:
+    """The console script: run, flush, and leave without interpreter teardown.
+
+    Once psycopg and paramiko are loaded, a normal interpreter exit spends 100-180 ms
+    finalizing their objects; pgpool waits for the hook's exit, and every file, journal
+    and connection is already closed by then, so there is nothing left to tear down.
+    """
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
