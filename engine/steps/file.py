@@ -17,7 +17,7 @@ from typing import Any
 from engine.errors import StepFailure
 from engine.render import Renderer
 from engine.steps.base import Action, Outcome
-from engine.steps.paths import MODE_SCHEMA, checked_path, guard_tree, parse_mode
+from engine.steps.paths import TARGET_PROPERTIES, checked_path, guard_tree, parse_mode
 
 STATES = ("present", "touch", "absent", "line", "line_absent", "empty")
 
@@ -31,17 +31,11 @@ class FileKind:
         "additionalProperties": False,
         "properties": {
             "path": {"type": "string", "minLength": 1},
-            "host": {"type": "string"},
             "state": {"enum": list(STATES)},
             "line": {"type": "string", "description": "With state: line, the line that must be there once."},
             "regexp": {"type": "string", "description": "With state: line, lines to replace (Python regex)."},
             "create": {"type": "boolean", "description": "With state: line, create the file when missing."},
-            "mode": MODE_SCHEMA,
-            "revert": {
-                "type": "boolean",
-                "description": "Restore the previous content on rollback (default true).",
-            },
-            "allow_dotdot": {"type": "boolean"},
+            **TARGET_PROPERTIES,
         },
     }
 

@@ -65,3 +65,12 @@ MODE_SCHEMA = {"type": "string", "pattern": "^0?[0-7]{3,4}$", "description": 'Oc
 
 def parse_mode(value: object) -> int | None:
     return None if value is None else int(str(value), 8)
+
+
+# Where a template or file step acts, and how it may be undone: the same keys for both kinds.
+TARGET_PROPERTIES: dict[str, object] = {
+    "host": {"type": "string"},
+    "mode": MODE_SCHEMA,
+    "revert": {"type": "boolean", "description": "Restore the previous content on rollback (default true)."},
+    "allow_dotdot": {"type": "boolean"},
+}

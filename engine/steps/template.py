@@ -14,7 +14,7 @@ from typing import Any
 
 from engine.render import Renderer
 from engine.steps.base import Action, Outcome
-from engine.steps.paths import MODE_SCHEMA, checked_path, parse_mode
+from engine.steps.paths import TARGET_PROPERTIES, checked_path, parse_mode
 
 
 class TemplateKind:
@@ -28,13 +28,7 @@ class TemplateKind:
             "src": {"type": "string", "description": "Template file, relative to the workflow's folder."},
             "content": {"type": "string", "description": "Inline template text."},
             "dest": {"type": "string", "minLength": 1},
-            "host": {"type": "string"},
-            "mode": MODE_SCHEMA,
-            "revert": {
-                "type": "boolean",
-                "description": "Restore the previous content on rollback (default true).",
-            },
-            "allow_dotdot": {"type": "boolean"},
+            **TARGET_PROPERTIES,
         },
     }
 
