@@ -304,59 +304,59 @@ def _make_step(
     )
 
 
-class _RunsBefore(dict):  # type: ignore[type-arg]
-    """For a step id, the steps certain to have finished when it starts (computed on demand).
+class _RunsBefore:
+    """Answers: is step X certain to have finished when step S starts?
 
-    Its needs, their needs, and so on; plus every step above it whose own needs are all
-    certain to be finished then, because the runner always starts the first ready step in
-    file order.  (A step above may still run later when it needs a step further down.)
-    Only steps whose templates read ``steps.X`` ask, so a long workflow costs no n².
+    True when X is among S's needs, their needs, and so on; or when X stands above S and
+    everything X needs is itself certain to have finished then, because the runner always
+    starts the first ready step in file order.  (A step above may still run later when it
+    needs a step further down.)  Asked only for the ``steps.X`` a template reads, and
+    answered by walking the needs from there, so a long workflow costs no n².
     """
 
     def __init__(self, steps: list[Step]):
-        super().__init__()
-        self.steps = steps
+        self.by_id = {s.id: s for s in steps}
         self.index = {s.id: i for i, s in enumerate(steps)}
+        self._memo: dict[str, dict[str, bool]] = {}
 
-    def __missing__(self, step_id: str) -> set[str]:
-        steps, by_id = self.steps, {s.id: s for s in self.steps}
-        index = self.index[step_id]
-        step = steps[index]
-        before: set[str] = set()
-        todo = [d for d in step.needs if d in by_id]
+    def _ancestor(self, x: str, sid: str) -> bool:
+        seen: set[str] = set()
+        todo = list(self.by_id[sid].needs)
         while todo:
             dep = todo.pop()
-            if dep not in before and dep != step.id:
-                before.add(dep)
-                todo.extend(d for d in by_id[dep].needs if d in by_id)
-        grew = True
-        while grew:
-            grew = False
-            for above in steps[:index]:
-                if above.id not in before and all(d in before for d in above.needs):
-                    before.add(above.id)
-                    grew = True
-        self[step_id] = before
-        return before
+            if dep == x:
+                return True
+            if dep in self.by_id and dep not in seen:
+                seen.add(dep)
+                todo.extend(self.by_id[dep].needs)
+        return False
+
+    def holds(self, sid: str, x: str) -> bool:
+        if x == sid or x not in self.by_id:
+            return False
+        memo = self._memo.setdefault(sid, {})
+        if x in memo:
+            return memo[x]
+        memo[x] = False  # while deciding; `needs` cycles are reported separately
+        result = self._ancestor(x, sid) or (
+            self.index[x] < self.index[sid] and all(self.holds(sid, d) for d in self.by_id[x].needs)
+        )
+        memo[x] = result
+        return result
 
 
-class _LazySet:
-    """Stands for a set of step ids that is only computed if a template reads ``steps.X``."""
+class _Visible:
+    """The step results a step may read, as a test rather than a set (see _RunsBefore)."""
 
-    def __init__(self, compute: Any):
-        self._compute = compute
-        self._value: set[str] | None = None
+    def __init__(self, test: Any):
+        self._test = test
 
-    def get(self) -> set[str]:
-        if self._value is None:
-            self._value = set(self._compute())
-        return self._value
+    def __rsub__(self, other: set[str]) -> set[str]:  # `read - visible`: the reads not allowed
+        return {x for x in other if not self._test(x)}
 
-    def __rsub__(self, other: set[str]) -> set[str]:
-        return set() if not other else other - self.get()
-
-    def __or__(self, other: Any) -> _LazySet:
-        return _LazySet(lambda: self.get() | set(other))
+    def __or__(self, other: Any) -> _Visible:
+        extra = set(other)
+        return _Visible(lambda x: x in extra or self._test(x))
 
 
 def check_workflow(path: str, doc: Any, problems: list[Problem]) -> Workflow | None:
@@ -446,7 +446,9 @@ def check_workflow(path: str, doc: Any, problems: list[Problem]) -> Workflow | N
                         chk.add(here + [field], _unknown(ref, set(handlers), "handler"))
             # names visible: everything known, plus results of steps certain to have run (any step for handlers)
             visible: Any = (
-                step_ids | set(handlers) if step.handler else _LazySet(lambda sid=step.id: runs_before[sid])  # type: ignore[misc]
+                step_ids | set(handlers)
+                if step.handler
+                else _Visible(lambda x, sid=step.id: runs_before.holds(sid, x))  # type: ignore[misc]
             )
             for key in ("when",):
                 if isinstance(raw_get(doc, here, key), str):
