@@ -324,7 +324,9 @@ def load(
             problems.append(Problem(path, 1, 1, "", "the config must be a YAML mapping of settings"))
         elif isinstance(doc, dict):
             raw = doc
-    marker = _checked_marker(path, raw, overrides) if not problems and (raw or overrides) else None
+    marker = (
+        _checked_marker(path, raw, overrides) if remember and not problems and (raw or overrides) else None
+    )
     if marker is not None and os.path.exists(marker):
         raw = _merge(raw, overrides) if overrides else raw  # this exact input passed the checks before
     elif not problems:
