@@ -771,7 +771,9 @@ def test_template_write_killed_at_random_moments_never_tears_the_file(
         # the moment this run's temporary file appears, then a random part of a whole write later
         while not set(temp_files(remote_dir)) - old_temps and running.proc.poll() is None:
             time.sleep(0.001)
-        time.sleep(rng.uniform(0.0, took * 1.2))
+        # the first kill lands as soon as the temporary file exists (mid-write, so the test
+        # always hits a write in progress); the others at random moments of a whole write
+        time.sleep(0.0 if i == 0 else rng.uniform(0.0, took * 1.2))
         running.signal_group(signal.SIGKILL)
         running.finish(10)
         now = dest.read_bytes()
