@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kindtools import KindRunner, make_config, ssh_settings
+from kindtools import KindRunner, make_config
+from proctools import ssh_settings
 
 from engine.log import Logger
 from engine.masking import Masker

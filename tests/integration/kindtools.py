@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
-import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,37 +60,6 @@ class KindRunner:
 
 def make_config(**overrides: Any) -> Config:
     return Config(data=_merge(DEFAULTS, overrides), path=None)
-
-
-def ssh_settings(sshd: Any, **extra: Any) -> dict[str, Any]:
-    return {
-        "user": sshd.user,
-        "port": sshd.port,
-        "key_file": str(sshd.key_file),
-        "known_hosts": str(sshd.known_hosts),
-        "host_key_policy": "strict",
-        "connect_timeout": 3,
-        **extra,
-    }
-
-
-def unique_sleep() -> str:
-    """A ``sleep`` argument unique to this test, so ``pgrep -f`` finds exactly its processes."""
-    return f"{600 + uuid.uuid4().int % 100000}.{uuid.uuid4().int % 1000:03d}"
-
-
-def processes_matching(pattern: str) -> list[str]:
-    proc = subprocess.run(["pgrep", "-af", pattern], capture_output=True, text=True)
-    return [line for line in proc.stdout.splitlines() if line.strip() and "pgrep" not in line]
-
-
-def wait_no_process(pattern: str, timeout: float = 5.0) -> list[str]:
-    end = time.monotonic() + timeout
-    while True:
-        left = processes_matching(pattern)
-        if not left or time.monotonic() > end:
-            return left
-        time.sleep(0.05)
 
 
 def owner_name(path: Path) -> str:

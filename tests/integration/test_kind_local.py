@@ -7,7 +7,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from kindtools import KindRunner, processes_matching, unique_sleep, wait_no_process
+from kindtools import KindRunner
+from proctools import processes_matching, unique_sleep, wait_no_process
 
 from engine.errors import Interrupted
 

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kindtools import KindRunner, processes_matching, ssh_settings, unique_sleep, wait_no_process
+from kindtools import KindRunner
+from proctools import processes_matching, ssh_settings, unique_sleep, wait_no_process
 
 from engine.errors import Interrupted
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kindtools import processes_matching, ssh_settings, unique_sleep, wait_no_process
+from proctools import processes_matching, ssh_settings, unique_sleep, wait_no_process
 
 REPO = Path(__file__).resolve().parents[2]
 NODE_HOST = "127.0.0.21"  # pg_primary's address; sshd listens there too

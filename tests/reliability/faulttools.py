@@ -20,40 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from proctools import processes_matching
+from proctools import ssh_settings as shared_ssh_settings
+
 REPO = Path(__file__).resolve().parents[2]
 NODE_HOST = "127.0.0.21"  # pg_primary's address; the session sshd listens there too
 TMP_MARK = ".pgpool-hook."  # what write_atomic puts in its temporary file names
 
 
 def ssh_settings(sshd: Any, **extra: Any) -> dict[str, Any]:
-    return {
-        "user": sshd.user,
-        "port": sshd.port,
-        "key_file": str(sshd.key_file),
-        "known_hosts": str(sshd.known_hosts),
-        "host_key_policy": "strict",
-        "connect_timeout": 2,
-        **extra,
-    }
-
-
-def unique_sleep() -> str:
-    """A ``sleep`` argument unique to one test, so ``pgrep -f`` finds exactly its processes."""
-    return f"{600 + uuid.uuid4().int % 100000}.{uuid.uuid4().int % 1000:03d}"
-
-
-def processes_matching(pattern: str) -> list[str]:
-    proc = subprocess.run(["pgrep", "-af", pattern], capture_output=True, text=True)
-    return [line for line in proc.stdout.splitlines() if line.strip() and "pgrep" not in line]
-
-
-def wait_no_process(pattern: str, timeout: float = 5.0) -> list[str]:
-    end = time.monotonic() + timeout
-    while True:
-        left = processes_matching(pattern)
-        if not left or time.monotonic() > end:
-            return left
-        time.sleep(0.05)
+    """The shared ssh settings with a shorter connect timeout: fault tests wait on it."""
+    return shared_ssh_settings(sshd, **{"connect_timeout": 2, **extra})
 
 
 SHELL_MARK = "__pgpool_hook_pgid_|pgpool-hook-watchdog"  # ssh steps' remote shells and their watchdogs

@@ -48,10 +48,9 @@ from faulttools import (
     slot_names,
     ssh_settings,
     temp_files,
-    unique_sleep,
     wait_for,
-    wait_no_process,
 )
+from proctools import unique_sleep, wait_no_process
 
 from engine.transport.ssh import STALE_TEMP_AGE
 from sandbox.osuser import children_of, chown_postgres, make_postgres_dir, pid_alive
