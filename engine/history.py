@@ -316,6 +316,10 @@ def show(state_dir: str, prefix: str, full: bool = False) -> list[str]:
         out.append(
             f"  resumed from run {s['resumed_from']}; already done: {', '.join(s.get('done') or []) or '-'}"
         )
+    elif s.get("from_step"):
+        out.append(
+            f"  started at step {s['from_step']} (run --from); skipped: {', '.join(s.get('done') or []) or '-'}"
+        )
     out.append(f"  arguments: {_args(s.get('args'), None) or '(none)'}")
     params = {k: v for k, v in (s.get("params") or {}).items() if not (k == "extra_args" and not v)}
     if params:

@@ -297,3 +297,16 @@ def test_history_json_for_monitoring(site: Site) -> None:
     assert records[1]["started"].endswith("Z") and "T" in records[1]["started"]
     _, out, _ = site.cli("history", "--json", "--workflow", "nope")
     assert out == ""
+
+
+def test_show_says_where_a_run_started_with_from(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"state_dir: {tmp_path / 'state'}\n")
+    wf = tmp_path / "fr.yaml"
+    wf.write_text('name: fr\nsteps:\n  - id: a\n    local: ["true"]\n  - id: b\n    local: ["true"]\n')
+    assert main(["run", "--config", str(config), "--from", "b", str(wf)]) == 0
+    capsys.readouterr()
+    assert main(["history", "--config", str(config), "--json"]) == 0
+    run_id = json.loads(capsys.readouterr().out.splitlines()[0])["run"]
+    assert main(["show", "--config", str(config), run_id]) == 0
+    assert "started at step b (run --from); skipped: a" in capsys.readouterr().out
