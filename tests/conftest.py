@@ -133,6 +133,15 @@ def _test_failed(request: pytest.FixtureRequest) -> bool:
     )
 
 
+@pytest.fixture(autouse=True)
+def keep_signal_handlers() -> Iterator[None]:
+    """`pgpool-hook run` installs SIGTERM/SIGINT/SIGHUP handlers; give pytest its own back."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
 # ---- session-wide --------------------------------------------------------------------
 
 

@@ -60,15 +60,6 @@ LITERAL_DIR = f"pg $(touch pwned-{U}) `touch pwned2-{U}` a;touch pwned3-{U} 'q' 
 CASES = [pytest.param(v, id=k) for k, v in HOSTILE.items()]
 
 
-@pytest.fixture(autouse=True)
-def keep_signal_handlers() -> Iterator[None]:
-    """`run` installs SIGTERM/SIGINT/SIGHUP handlers; give pytest its own back."""
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
-
-
 @pytest.fixture(scope="module")
 def canary(pg_primary: Any) -> Iterator[str]:
     pg_primary.query(f"CREATE TABLE {CANARY} (x int)")

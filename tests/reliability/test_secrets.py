@@ -14,12 +14,10 @@ Only one test needs the sandbox (sshd); the others run anywhere.
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import struct
 import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +35,6 @@ SECRETS = {
     "pgpassword": f"{BASE}-pgpassword",
 }
 MASK = "********"
-
-
-@pytest.fixture(autouse=True)
-def keep_signal_handlers() -> Iterator[None]:
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
 
 
 class EchoServer:

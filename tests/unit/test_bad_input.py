@@ -9,9 +9,7 @@ test_context.py; this file proves the classes end to end.)
 
 from __future__ import annotations
 
-import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,14 +20,6 @@ from engine.validate import MAX_STEPS
 
 TOUCH = "  - id: first\n    local: [touch, '{m}']\n"
 HEAD = "name: w\nparams: [host, {name: node_id, type: int}]\nsteps:\n" + TOUCH
-
-
-@pytest.fixture(autouse=True)
-def keep_signal_handlers() -> Iterator[None]:
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
 
 
 class Site:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +35,6 @@ steps:
   - id: slots
     file: {{path: "{{{{ dir }}}}/pg_replslot", state: empty}}
 """
-
-
-@pytest.fixture(autouse=True)
-def keep_signal_handlers() -> Iterator[None]:
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
 
 
 @pytest.fixture

@@ -5,8 +5,6 @@ on the page is copied verbatim from one of those files."""
 from __future__ import annotations
 
 import re
-import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +17,6 @@ RECIPES = sorted((ROOT / "examples" / "recipes").glob("*.yaml"))
 CONFIGS = sorted((ROOT / "examples").glob("*.yaml"))
 FAILOVER_ARGS = ["0", "pg1", "5432", "/var/lib/postgresql/15/main", "1", "pg2", "0", "0", "5432"]
 FAILOVER_ARGS += ["/var/lib/postgresql/15/main", "pg1", "5432"]
-
-
-@pytest.fixture(autouse=True)
-def keep_signal_handlers() -> Iterator[None]:
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
 
 
 def test_there_are_recipes() -> None:
