@@ -41,7 +41,6 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
 }
 
 SATISFIED = frozenset({Status.SUCCEEDED, Status.SKIPPED, Status.CONTINUED, Status.RECOVERED, Status.DONE})
-STARTED = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CONTINUED, Status.RECOVERED})
 
 
 class BadTransition(RuntimeError):

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.conductor import STARTED, Conductor, Status
+from engine.conductor import Conductor, Status
 from engine.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -212,7 +212,7 @@ class Runner:
         self.journal.write(
             "step",
             step=step.id,
-            phase=phase_of(run),
+            phase=run.phase,
             status=run.status,
             attempts=run.attempts,
             duration=round(run.duration, 3),
@@ -375,10 +375,6 @@ class Runner:
         )
 
 
-def phase_of(run: StepRun) -> str:
-    return run.phase
-
-
 def _action_record(action: Action | None) -> dict[str, Any] | None:
     if action is None:
         return None
@@ -403,4 +399,4 @@ def _result_record(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["Runner", "RunResult", "StepRun", "Clock", "STARTED"]
+__all__ = ["Runner", "RunResult", "StepRun", "Clock"]

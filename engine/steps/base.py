@@ -12,7 +12,6 @@ else is an error (errored).  ``revert`` is an optional built-in compensation
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -30,7 +29,6 @@ class Action:
     summary: str  # one line for logs
     details: dict[str, Any] = field(default_factory=dict)
     text: list[str] = field(default_factory=list)  # extra lines for dry-run (SQL, file content)
-    secrets_free: bool = True
     # set by a kind whose action ends the run on purpose: {"code", "message", "rollback"}
     stop: dict[str, Any] | None = None
 
@@ -55,12 +53,3 @@ class StepKind(Protocol):
     def plan(self, body: Any, r: Renderer) -> Action: ...
 
     def apply(self, action: Action, rt: Runtime, timeout: float | None) -> Outcome: ...
-
-
-RevertFn = Callable[[Action, Outcome, "Runtime", "float | None"], Outcome]
-
-
-def as_list(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, list | tuple) else [value]
