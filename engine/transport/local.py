@@ -103,21 +103,23 @@ def run(
         cwd=cwd,
         start_new_session=True,
     )
-    _Reaper.tell(f"+{proc.pid}")
-    if stdin is not None and proc.stdin is not None:
-        try:
-            proc.stdin.write(stdin)
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass
     out: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
     partial = {"stdout": b"", "stderr": b""}
     sel = selectors.DefaultSelector()
-    assert proc.stdout is not None and proc.stderr is not None
-    sel.register(proc.stdout, selectors.EVENT_READ, "stdout")
-    sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
     timed_out = False
+    # From here on the child is stopped whatever happens, a SIGTERM (Interrupted) included:
+    # one arriving while the reaper starts or stdin is written must not leave it running.
     try:
+        _Reaper.tell(f"+{proc.pid}")
+        if stdin is not None and proc.stdin is not None:
+            try:
+                proc.stdin.write(stdin)
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass
+        assert proc.stdout is not None and proc.stderr is not None
+        sel.register(proc.stdout, selectors.EVENT_READ, "stdout")
+        sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
         while sel.get_map():
             remaining = None if timeout is None else timeout - (time.monotonic() - start)
             if remaining is not None and remaining <= 0:
@@ -148,8 +150,9 @@ def run(
         if proc.poll() is None:
             _stop_group(proc)
         _Reaper.tell(f"-{proc.pid}")
-        proc.stdout.close()
-        proc.stderr.close()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
     return CommandResult(
         rc=proc.returncode if not timed_out else -1,
         stdout=b"".join(out["stdout"]).decode("utf-8", "replace"),
