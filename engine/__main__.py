@@ -1,5 +1,5 @@
 """``python -m engine`` behaves exactly like the ``pgpool-hook`` console script."""
 
-from engine.cli import entry
+from engine.launch import entry
 
 entry()
