@@ -150,6 +150,7 @@ class Bench:
     pairs: int = 5
     e2e_pairs: int = 5
     skip_pairs: int = 20
+    runner: bool = True  # pgpool-hook as the manual deploys it: calls handed to `pgpool-hook serve`
     log: Callable[[str], None] = print
     sshd: Sshd = field(init=False)
     app: HookApp = field(init=False)
@@ -191,6 +192,8 @@ class Bench:
         make_postgres_dir(self.logs_dir)
         make_postgres_dir(self.state_dir)
         self.app.install()
+        if self.runner:
+            self.app.start_runner()
         self.sshd.start()
         make_postgres_dir(self.samples_dir)
         make_postgres_dir(self.samples_dir / "archivedir")
@@ -211,6 +214,7 @@ class Bench:
             self.teardown()
         finally:
             self.sshd.stop()
+            self.app.stop_runner()
 
     def teardown(self) -> None:
         if self.sandbox is not None:

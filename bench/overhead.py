@@ -57,6 +57,8 @@ def measure(
     commands = {
         "python_pass": f"{app.python} -c pass",
         "noop_run": f"{app.wrapper} run --config {cfg} {noop}",
+        # the same call in its own process, as without a resident runner (or with none running)
+        "noop_run_local": f"PGPOOL_HOOK_SOCKET=off {app.wrapper} run --config {cfg} {noop}",
         "validate": f"{app.wrapper} validate --config {cfg} >/dev/null",
     }
     # warm-up: .pyc files of the app copy, the config check marker and the workflow cache
@@ -125,6 +127,7 @@ def measure(
         "cpu": {name: summary(values) for name, values in cpu.items()},
         "python_pass": summary(times["python_pass"]),
         "noop_run": paired(times["noop_run"], times["python_pass"]),
+        "noop_run_local": paired(times["noop_run_local"], times["python_pass"]),
         "validate": paired(times["validate"], times["python_pass"]),
         "dry_run": dry,
         "dry_run_growth": growth(dry, 1000, 10000),

@@ -146,6 +146,11 @@ def build_rows(results: dict[str, Any]) -> list[list[str]]:
         floor = ov["python_pass"]
         for key, label, target in (
             ("noop_run", "pgpool-hook run, 1-step no-op (warm)", ("noop_run", "run")),
+            (
+                "noop_run_local",
+                "pgpool-hook run, 1-step no-op (warm), own process (PGPOOL_HOOK_SOCKET=off)",
+                ("noop_run_local", "run"),
+            ),
             ("validate", "pgpool-hook validate, shipped workflows", None),
         ):
             m = ov[key]
@@ -223,7 +228,7 @@ def _verdict(v: dict[str, Any] | None, m: dict[str, Any]) -> str:
         return ""
     if v["met"] is None:
         return "not measured"
-    if v["case"] in ("follow_skip", "noop_run"):
+    if v["case"] in ("follow_skip", "noop_run", "noop_run_local"):
         shown = f"+{v['value'] * 1000:.1f} ms"  # one decimal: these sit close to their limit
     else:
         shown = f"{v['value']:.2f}"
@@ -245,6 +250,8 @@ def cpu_table(results: dict[str, Any]) -> list[list[str]]:
     if cpu:
         floor = fmt_s(cpu["python_pass"]["median"])
         rows.append(["noop run vs python3 -c pass", fmt_s(cpu["noop_run"]["median"]), floor, "", ""])
+        if "noop_run_local" in cpu:
+            rows.append(["noop run, own process", fmt_s(cpu["noop_run_local"]["median"]), floor, "", ""])
         rows.append(["validate vs python3 -c pass", fmt_s(cpu["validate"]["median"]), floor, "", ""])
     return rows
 
@@ -307,6 +314,11 @@ def main(argv: list[str] | None = None) -> int:
         help="measure engine/ and workflows/ as they are in the working tree (default: as committed at HEAD)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs) afterwards")
+    parser.add_argument(
+        "--no-runner",
+        action="store_true",
+        help="do not start the resident runner (pgpool-hook serve): every hook call starts Python",
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print(
@@ -334,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         pairs=args.pairs,
         e2e_pairs=args.e2e_pairs or args.pairs,
         skip_pairs=args.skip_pairs or 4 * args.pairs,
+        runner=not args.no_runner,
         log=lambda s: print(s, flush=True),
     )
     results: dict[str, Any] = {
@@ -346,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
             "addresses": list(ADDRESSES),
             "ports": {"postgresql": PG_PORT, "ssh": SSH_PORT, "pgpool": PGPOOL_PORT, "pcp": PCP_PORT},
             "order": "A B A B: pgpool-hook first in every pair",
+            "runner": "hook calls handed to a resident `pgpool-hook serve`"
+            if not args.no_runner
+            else "no resident runner: every hook call starts Python",
             "warm": "validated workflows/config cached in state_dir/cache before timing",
         },
         "cases": {},
@@ -394,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     flat = dict(results["cases"])
     if "overhead" in results:
         flat["noop_run"] = {"metrics": {"run": results["overhead"]["noop_run"]}}
+        flat["noop_run_local"] = {"metrics": {"run": results["overhead"].get("noop_run_local")}}
     results["targets"] = [evaluate(t, flat.get(t.case, {}).get("metrics", {}).get(t.metric)) for t in TARGETS]
     if "overhead" in results:
         ov = results["overhead"]

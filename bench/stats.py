@@ -53,6 +53,7 @@ TARGETS = (
     Target("e2e", "writable", "ratio", 1.0, "ratio <= 1.0"),
     Target("e2e", "streaming", "ratio", 1.0, "ratio <= 1.0"),
     Target("noop_run", "run", "diff", 0.080, "<= python3 -c pass + 80 ms"),
+    Target("noop_run_local", "run", "diff", 0.080, "<= python3 -c pass + 80 ms"),
 )
 
 

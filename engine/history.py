@@ -308,7 +308,9 @@ def show(state_dir: str, prefix: str, full: bool = False) -> list[str]:
         out.append("  (its run_started record is missing: the journal was cut)")
     meta = [f"started {_when(run.start_ts)}"]
     if s.get("pid"):
-        meta.append(f"pid {s['pid']}")
+        meta.append(
+            f"pid {s['pid']}" + (f" (worker of resident runner {s['runner']})" if s.get("runner") else "")
+        )
     if s.get("lock"):
         meta.append(f"lock {s['lock']}")
     out.append("  " + ", ".join(meta))

@@ -30,6 +30,8 @@ MAGIC = b"PGH1"
 # tells the operator to look (``pgpool-hook history``) before trusting the node's state
 EXIT_UNKNOWN = 3
 FORWARDED_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
+# in a worker of the resident runner: the runner's pid (the journal records it)
+served_by: int | None = None
 
 
 def socket_path() -> str | None:
@@ -96,7 +98,7 @@ def _open_fds() -> str:
 def handoff(argv: list[str]) -> int | None:
     """Run ``argv`` in the resident runner: its exit code, or ``None`` to run it here."""
     path = socket_path()
-    if path is None:
+    if path is None or argv[1:2] == ["serve"]:  # a runner is never started inside a worker
         return None
     import _socket
 

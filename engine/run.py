@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any
 
-from engine import context, render
+from engine import context, launch, render
 from engine.config import Config
 from engine.errors import EXIT_FAILED, Interrupted, RenderError
 from engine.interpreter import Clock, Runner, RunResult
@@ -74,6 +74,7 @@ def execute(
         args=argv,
         params={k: v for k, v in params.items()},
         pid=os.getpid(),
+        runner=launch.served_by,  # the resident runner's pid when the call was handed to it
         lock=lock_name,
         done=sorted(done or ()),
         resumed_from=resumed_from,

@@ -34,6 +34,7 @@ import sys
 import time
 from pathlib import Path
 
+from engine import launch
 from engine.launch import DEFAULT_SOCKET, MAGIC, SOCKET_ENV, decode_request
 
 # what a warm hook call would otherwise import: the engine, its step kinds, and the
@@ -350,6 +351,7 @@ class Server:
             os.environb.clear()
             os.environb.update(env)
             time.tzset()
+            launch.served_by = os.getppid()
             argv = list(request["argv"])  # type: ignore[call-overload]
             sys.argv = argv
             self._send(conn, b"pid %d\n" % os.getpid())

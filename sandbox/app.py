@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +28,8 @@ from typing import Any
 from sandbox.osuser import (
     PG_BIN_DIR,
     SandboxError,
+    as_postgres_argv,
+    base_env,
     chown_postgres,
     make_postgres_dir,
     run_as_postgres,
@@ -87,6 +93,11 @@ class HookApp:
     def workflows_dir(self) -> Path:
         return self.app_dir / "workflows"
 
+    @property
+    def runner_socket(self) -> Path:
+        """Where this copy's resident runner listens, when one is started (``start_runner``)."""
+        return self.base / "run" / "runner.sock"
+
     def install(self) -> HookApp:
         """Fresh copy of engine/ and workflows/ (missing ones tolerated) + the wrapper."""
         if not self.python:
@@ -116,10 +127,52 @@ class HookApp:
             self.wrapper,
             "#!/bin/sh\n"
             "# pgpool-hook as pgpool runs it (copy of the checkout, interpreter usable by postgres)\n"
+            "# calls are handed to the resident runner when one listens (start_runner)\n"
+            f'PGPOOL_HOOK_SOCKET="${{PGPOOL_HOOK_SOCKET:-{self.runner_socket}}}" \\\n'
             f'PYTHONPATH={self.app_dir} exec {self.python} -m engine "$@"\n',
             mode=0o755,
         )
         return self
+
+    # ---- the resident runner (pgpool-hook serve) ---------------------------------------
+
+    def runner_pid(self) -> int | None:
+        """pid of this copy's resident runner, if one answers on :attr:`runner_socket`."""
+        proc = self.run("serve", "--status", "--socket", str(self.runner_socket))
+        found = re.search(r"runner pid (\d+)", proc.stdout)
+        return int(found.group(1)) if proc.returncode == 0 and found else None
+
+    def start_runner(self, timeout: float = 60) -> int:
+        """Start ``pgpool-hook serve`` as postgres, as a service manager would; its pid."""
+        make_postgres_dir(self.runner_socket.parent, 0o700)
+        env = base_env(extra={"PYTHONPATH": str(self.app_dir)})
+        with open(self.base / "runner.log", "ab") as log:
+            subprocess.Popen(
+                as_postgres_argv(
+                    [self.python, "-m", "engine", "serve", "--socket", str(self.runner_socket)], env
+                ),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                cwd="/",
+                start_new_session=True,  # not stopped with the test session's process group
+            )
+        end = time.monotonic() + timeout
+        while (pid := self.runner_pid()) is None:
+            if time.monotonic() > end:
+                raise SandboxError(f"the resident runner did not start; see {self.base / 'runner.log'}")
+            time.sleep(0.1)
+        return pid
+
+    def stop_runner(self, timeout: float = 30) -> None:
+        """SIGTERM to the runner; running hooks finish on their own."""
+        pid = self.runner_pid()
+        if pid is None:
+            return
+        os.kill(pid, signal.SIGTERM)
+        end = time.monotonic() + timeout
+        while self.runner_socket.exists() and time.monotonic() < end:
+            time.sleep(0.05)
 
     def run(self, *args: str, env: Mapping[str, str] | None = None, timeout: float = 120) -> Any:
         """Run the wrapper as postgres (as pgpool would); returns CompletedProcess."""

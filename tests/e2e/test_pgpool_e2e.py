@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from sandbox.app import HookApp
 from sandbox.pg import Node
 from sandbox.pgpool import settle
 from sandbox.stack import PgpoolSandbox
 
 pytestmark = pytest.mark.e2e
+RUNNER_PID: list[int] = []  # the module's resident runner (fixture resident_runner)
 
 
 def wait(predicate: Any, timeout: float, message: str, interval: float = 0.3) -> Any:
@@ -50,12 +53,16 @@ def journal_runs(sb: PgpoolSandbox) -> dict[str, list[dict[str, Any]]]:
 
 
 def finished_runs(sb: PgpoolSandbox, workflow: str) -> list[dict[str, Any]]:
-    """(run_started event + run_finished event) for each finished run of ``workflow``."""
+    """(run_started event + run_finished event) for each finished run of ``workflow``.
+
+    Every run must have been a worker of the module's resident runner (``runner`` in the
+    journal is its parent's pid, recorded by the worker itself)."""
     out = []
     for events in journal_runs(sb).values():
         start = next((e for e in events if e["event"] == "run_started"), None)
         end = next((e for e in events if e["event"] == "run_finished"), None)
         if start and end and start["workflow"] == workflow:
+            assert start.get("runner") == RUNNER_PID[0], f"{workflow} run not handed to the resident runner"
             out.append({"start": start, "end": end, "events": events})
     return out
 
@@ -112,6 +119,15 @@ def streams_from(standby: Node, primary: Node) -> bool:
 
 def slot(node: Node, name: str) -> dict[str, Any] | None:
     return next((s for s in node.slots() if s["slot_name"] == name), None)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def resident_runner(hook_app: HookApp) -> Iterator[int]:
+    """These scenarios run the way the manual recommends: pgpool's hook calls are handed to
+    a resident ``pgpool-hook serve`` (each scenario checks that they were)."""
+    RUNNER_PID[:] = [hook_app.start_runner()]
+    yield RUNNER_PID[0]
+    hook_app.stop_runner()
 
 
 @pytest.fixture
