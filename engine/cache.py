@@ -7,14 +7,23 @@ the validated model as JSON in ``state_dir/cache``, keyed by the hash of the
 workflow file, the template files it reads and the engine's own code; any
 change to one of them means a full validation again.  ``validate`` never uses
 the cache.
+
+An entry decides what a run executes (commands, program folders), so only an
+entry this user wrote is used: owned by the effective user, writable by nobody
+else, and holding the key it was written for (a renamed entry is no entry).
+Files are written 0600 in a 0700 folder.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from typing import Any
+
+try:  # hashlib loads OpenSSL first (~4 ms of every start); its blake2b *is* this builtin one
+    from _blake2 import blake2b
+except ImportError:  # pragma: no cover - an interpreter built without it
+    from hashlib import blake2b
 
 from engine.model import Workflow, workflow_from_dict, workflow_to_dict
 
@@ -26,7 +35,7 @@ def engine_fingerprint() -> str:
     global _ENGINE_FINGERPRINT
     if _ENGINE_FINGERPRINT is None:
         root = os.path.dirname(os.path.abspath(__file__))
-        h = hashlib.sha256()
+        h = blake2b(digest_size=8)
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
             for name in sorted(filenames):
@@ -35,44 +44,91 @@ def engine_fingerprint() -> str:
                     h.update(
                         f"{os.path.relpath(os.path.join(dirpath, name), root)}:{st.st_size}:{st.st_mtime_ns};".encode()
                     )
-        _ENGINE_FINGERPRINT = h.hexdigest()[:16]
+        _ENGINE_FINGERPRINT = h.hexdigest()
     return _ENGINE_FINGERPRINT
 
 
-def _digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def _digest(*parts: bytes) -> str:
+    """Hash of ``parts``, each length-prefixed so that no two lists of parts hash alike."""
+    h = blake2b(digest_size=16)
+    for part in parts:
+        h.update(len(part).to_bytes(8, "little"))
+        h.update(part)
+    return h.hexdigest()
 
 
-def _entry_path(cache_dir: str, path: str, data: bytes) -> str:
-    key = _digest(b"%s\0%s\0%s" % (engine_fingerprint().encode(), os.path.abspath(path).encode(), data))
-    return os.path.join(cache_dir, f"workflow-{key[:32]}.json")
+def _read_own(entry: str, key: str) -> dict[str, Any] | None:
+    """The record in ``entry`` if this user wrote it for ``key``, else None."""
+    try:
+        fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        with open(fd, "rb") as fh:
+            st = os.fstat(fd)
+            if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+                return None
+            record = json.loads(fh.read())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("key") == key else None
+
+
+def _write_own(entry: str, key: str, record: dict[str, Any]) -> None:
+    """Write ``record`` for ``key`` atomically, 0600 in a 0700 folder; never fails a run."""
+    tmp = f"{entry}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(os.path.dirname(entry), mode=0o700, exist_ok=True)
+        try:
+            os.unlink(tmp)  # left by a killed run that had the same pid
+        except FileNotFoundError:
+            pass
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as fh:
+            json.dump({**record, "key": key}, fh)
+        os.replace(tmp, entry)
+    except (OSError, TypeError, ValueError):  # TypeError/ValueError: a value JSON cannot hold
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def _workflow_key(path: str, data: bytes) -> str:
+    return _digest(engine_fingerprint().encode(), os.path.abspath(path).encode(), data)
+
+
+def _workflow_entry(cache_dir: str, key: str) -> str:
+    return os.path.join(cache_dir, f"workflow-{key}.json")
 
 
 def lookup(cache_dir: str, path: str, data: bytes) -> Workflow | None:
-    entry = _entry_path(cache_dir, path, data)
+    """The workflow at ``path`` as it passed validation, if its content is ``data``."""
+    key = _workflow_key(path, data)
+    stored = _read_own(_workflow_entry(cache_dir, key), key)
+    if stored is None:
+        return None
     try:
-        with open(entry, encoding="utf-8") as fh:
-            stored = json.load(fh)
         for dep, digest in stored["deps"].items():
             with open(dep, "rb") as dh:
                 if _digest(dh.read()) != digest:
                     return None
         return workflow_from_dict(stored["model"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
 def store(cache_dir: str, path: str, data: bytes, workflow: Workflow, deps: list[str]) -> None:
-    entry = _entry_path(cache_dir, path, data)
-    record: dict[str, Any] = {"model": workflow_to_dict(workflow), "deps": {}}
+    """Remember that ``workflow`` (``data`` at ``path``, reading ``deps``) passed validation."""
+    from engine.resume import fingerprint
+
+    key = _workflow_key(path, data)
+    # what each run records for resume, so that a warm start need not compute it
+    model = {**workflow_to_dict(workflow), "digests": fingerprint(workflow)}
+    record: dict[str, Any] = {"model": model, "deps": {}}
     try:
         for dep in deps:
             with open(dep, "rb") as dh:
                 record["deps"][dep] = _digest(dh.read())
-        os.makedirs(cache_dir, mode=0o700, exist_ok=True)
-        tmp = f"{entry}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(record, fh)
-        os.replace(tmp, entry)
     except OSError:
-        pass  # a cache is an optimisation: never fail a run over it
+        return  # a cache is an optimisation: never fail a run over it
+    _write_own(_workflow_entry(cache_dir, key), key, record)
