@@ -1,12 +1,15 @@
-"""Remember which workflow files already passed validation, by content hash.
+"""Remember which workflow and config files already passed the checks, by content hash.
 
-A hook's start-up is failover time.  Full validation (JSON Schema, Jinja2
-parsing of every field) costs more than the rest of a short run, and the
-workflow file almost never changes between two failovers.  So ``run`` keeps
-the validated model as JSON in ``state_dir/cache``, keyed by the hash of the
-workflow file, the template files it reads and the engine's own code; any
-change to one of them means a full validation again.  ``validate`` never uses
-the cache.
+A hook's start-up is failover time.  Full validation (YAML parsing, JSON Schema,
+Jinja2 parsing of every field) costs more than the rest of a short run, and
+these files almost never change between two failovers.  So ``run`` keeps what
+passed as JSON, keyed by a hash of the file, the template files it reads, the
+``--set`` overrides and the engine's own code; any change to one of them means
+a full check again.  ``validate`` and ``--dry-run`` never use the cache.
+
+Workflows are remembered in ``state_dir/cache``.  A config cannot be: its
+state_dir is inside it, so it is remembered per user, in
+``$XDG_CACHE_HOME/pgpool-hook`` (``~/.cache/pgpool-hook``).
 
 An entry decides what a run executes (commands, program folders), so only an
 entry this user wrote is used: owned by the effective user, writable by nobody
@@ -26,6 +29,10 @@ except ImportError:  # pragma: no cover - an interpreter built without it
     from hashlib import blake2b
 
 from engine.model import Workflow, workflow_from_dict, workflow_to_dict
+
+# Anything above source.MAX_BYTES: a file that passed the checks is never larger, so it is
+# read whole, exactly as the checks read it, and a larger one is simply not found.
+READ_LIMIT = 4 * 1024 * 1024
 
 _ENGINE_FINGERPRINT: str | None = None
 
@@ -55,6 +62,15 @@ def _digest(*parts: bytes) -> str:
         h.update(len(part).to_bytes(8, "little"))
         h.update(part)
     return h.hexdigest()
+
+
+def read_source(path: str) -> bytes | None:
+    """The bytes a cache key is made of (None if unreadable: the checks will say why)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(READ_LIMIT)
+    except OSError:
+        return None
 
 
 def _read_own(entry: str, key: str) -> dict[str, Any] | None:
@@ -91,6 +107,9 @@ def _write_own(entry: str, key: str, record: dict[str, Any]) -> None:
             os.unlink(tmp)
         except OSError:
             pass
+
+
+# ---- workflows ---------------------------------------------------------------------------
 
 
 def _workflow_key(path: str, data: bytes) -> str:
@@ -132,3 +151,50 @@ def store(cache_dir: str, path: str, data: bytes, workflow: Workflow, deps: list
     except OSError:
         return  # a cache is an optimisation: never fail a run over it
     _write_own(_workflow_entry(cache_dir, key), key, record)
+
+
+# ---- configs -----------------------------------------------------------------------------
+
+
+def user_dir() -> str | None:
+    """This user's cache folder, or None when the user has no usable home."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):
+        base = os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "pgpool-hook") if os.path.isabs(base) else None
+
+
+def _exact_json(data: Any) -> bool:
+    """Whether JSON gives ``data`` back unchanged."""
+    try:
+        return bool(json.loads(json.dumps(data)) == data)
+    except (TypeError, ValueError):
+        return False
+
+
+class ConfigEntry:
+    """What is remembered about one config file's content with one set of overrides.
+
+    ``passed``: this exact input passed the checks before.  ``data``: the checked
+    settings (the file merged with the overrides), or None when they were not kept
+    because they hold a secret's value: those are read from the file again.
+    """
+
+    def __init__(self, data: bytes, overrides: dict[str, Any] | None):
+        extra = json.dumps(overrides or {}, sort_keys=True, default=str).encode()
+        self.key = _digest(engine_fingerprint().encode(), data, extra)
+        folder = user_dir()
+        self.path = os.path.join(folder, f"config-{self.key}.json") if folder else None
+        record = _read_own(self.path, self.key) if self.path else None
+        self.passed = record is not None
+        self.data: dict[str, Any] | None = None
+        if record is not None and isinstance(record.get("data"), dict):
+            self.data = record["data"]
+
+    def remember(self, data: dict[str, Any] | None) -> None:
+        """Record that the input passed, with its settings unless None (they hold a secret)."""
+        if self.path is None:
+            return
+        if data is not None and not _exact_json(data):
+            data = None  # a number as a key, binary data: read from the file each time
+        _write_own(self.path, self.key, {"data": data})

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from engine import cache, validate
+from engine import cache, source, validate
+from engine import config as config_mod
+from engine.errors import InvalidInput
 from engine.resume import fingerprint
 
 WORKFLOW = """
@@ -88,3 +90,97 @@ def test_a_new_engine_means_a_full_check(cached: tuple[str, Path], monkeypatch: 
     path, entry = cached
     monkeypatch.setattr(cache, "_ENGINE_FINGERPRINT", "another engine")
     assert cache.lookup(str(entry.parent), path, Path(path).read_bytes()) is None
+
+
+# ---- configs -----------------------------------------------------------------------------
+
+SECRET = "n0t-in-the-cache"
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "pgpool-hook.yaml"
+    path.write_text(f"state_dir: {tmp_path / 'state'}\nvars: {{greeting: hello}}\nlock_timeout: 7\n")
+    return path
+
+
+def _no_yaml(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(path: str) -> None:
+        raise AssertionError(f"{path} was parsed again")
+
+    monkeypatch.setattr("engine.source.load_file", refuse)
+
+
+def test_a_config_that_passed_is_read_without_yaml(
+    config_file: Path, user_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = config_mod.load(str(config_file), remember=True)
+    (entry,) = _entries(user_cache, "config")
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o600
+    assert stat.S_IMODE(user_cache.stat().st_mode) == 0o700
+    _no_yaml(monkeypatch)
+    again = config_mod.load(str(config_file), remember=True)
+    assert again == first and again.data["vars"] == {"greeting": "hello"}
+
+
+def test_an_edited_config_is_checked_again(config_file: Path) -> None:
+    config_mod.load(str(config_file), remember=True)
+    config_file.write_text(config_file.read_text().replace("lock_timeout: 7", "lock_timeout: soon"))
+    with pytest.raises(InvalidInput, match="lock_timeout: expected number"):
+        config_mod.load(str(config_file), remember=True)
+
+
+def test_overrides_are_part_of_what_is_remembered(config_file: Path) -> None:
+    config_mod.load(str(config_file), remember=True)
+    cfg = config_mod.load(str(config_file), config_mod.parse_set(["vars.greeting=hey"]), remember=True)
+    assert cfg.data["vars"] == {"greeting": "hey"}
+    assert config_mod.load(str(config_file), remember=True).data["vars"] == {"greeting": "hello"}
+
+
+def test_a_config_is_remembered_only_by_a_real_run(config_file: Path, user_cache: Path) -> None:
+    config_mod.load(str(config_file))
+    assert _entries(user_cache, "config") == []
+
+
+def test_a_secret_value_is_not_written_only_that_the_checks_passed(
+    config_file: Path, user_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config_file.write_text(config_file.read_text() + f"secrets: {{pw: {{value: {SECRET}}}}}\n")
+    config_mod.load(str(config_file), remember=True)
+    (entry,) = _entries(user_cache, "config")
+    assert SECRET not in entry.read_text()
+
+    def refuse(*args: object) -> None:
+        raise AssertionError("checked again")
+
+    monkeypatch.setattr("engine.validate.schema_problems", refuse)
+    assert config_mod.load(str(config_file), remember=True).secrets == {"pw": SECRET}
+
+
+def test_settings_json_would_change_are_read_from_the_file(config_file: Path, user_cache: Path) -> None:
+    config_file.write_text(config_file.read_text().replace("{greeting: hello}", "{1: one}"))
+    config_mod.load(str(config_file), remember=True)
+    assert config_mod.load(str(config_file), remember=True).data["vars"] == {1: "one"}
+
+
+def test_a_config_entry_others_could_write_is_not_used(
+    config_file: Path, user_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config_mod.load(str(config_file), remember=True)
+    (entry,) = _entries(user_cache, "config")
+    entry.write_text(entry.read_text().replace("hello", "forged"))
+    assert config_mod.load(str(config_file), remember=True).data["vars"] == {"greeting": "forged"}
+    entry.chmod(0o622)
+    assert config_mod.load(str(config_file), remember=True).data["vars"] == {"greeting": "hello"}
+
+
+def test_the_user_cache_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/ignored")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert cache.user_dir() == str(tmp_path / ".cache" / "pgpool-hook")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache.user_dir() == str(tmp_path / "xdg" / "pgpool-hook")
+
+
+def test_every_file_the_checks_accept_is_read_whole() -> None:
+    assert cache.READ_LIMIT > source.MAX_BYTES
