@@ -136,6 +136,12 @@ def lookup(cache_dir: str, path: str, data: bytes) -> Workflow | None:
         return None
 
 
+def cached_workflow(path: str, cache_dir: str) -> Workflow | None:
+    """The workflow at ``path`` if it passed validation as it is now, without the checks' imports."""
+    data = read_source(path)
+    return lookup(cache_dir, path, data) if data is not None else None
+
+
 def store(cache_dir: str, path: str, data: bytes, workflow: Workflow, deps: list[str]) -> None:
     """Remember that ``workflow`` (``data`` at ``path``, reading ``deps``) passed validation."""
     from engine.resume import fingerprint
