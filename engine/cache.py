@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from typing import Any
 
 try:  # hashlib loads OpenSSL first (~4 ms of every start); its blake2b *is* this builtin one
@@ -75,14 +76,14 @@ def read_source(path: str) -> bytes | None:
 
 def _read_own(entry: str, key: str) -> dict[str, Any] | None:
     """The record in ``entry`` if this user wrote it for ``key``, else None."""
-    try:
-        fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW)
+    try:  # O_NONBLOCK: a FIFO put in its place must not hang the hook
+        fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None
     try:
         with open(fd, "rb") as fh:
             st = os.fstat(fd)
-            if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
                 return None
             record = json.loads(fh.read())
     except (OSError, ValueError):

@@ -92,6 +92,13 @@ def test_a_new_engine_means_a_full_check(cached: tuple[str, Path], monkeypatch: 
     assert cache.lookup(str(entry.parent), path, Path(path).read_bytes()) is None
 
 
+def test_a_fifo_in_place_of_an_entry_does_not_hang(cached: tuple[str, Path]) -> None:
+    path, entry = cached
+    entry.unlink()
+    os.mkfifo(entry, 0o600)
+    assert cache.lookup(str(entry.parent), path, Path(path).read_bytes()) is None
+
+
 # ---- configs -----------------------------------------------------------------------------
 
 SECRET = "n0t-in-the-cache"
