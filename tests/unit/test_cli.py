@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,9 @@ from typing import Any
 import pytest
 import yaml
 
-from engine.cli import HOOK_NAMES, RUN_OPTIONS, _parse_run, _parser, _split_run, main
+from engine import validate
+from engine.cli import HOOK_NAMES, RUN_OPTIONS, _parse_run, _parser, _split_run, _workflow_path, main
+from engine.errors import InvalidInput
 
 from .helpers import dedent
 
@@ -437,3 +440,15 @@ def test_a_warm_run_imports_only_what_it_uses(site: Site, tmp_path: Path) -> Non
         proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("name", ["failover", "only_yml", "nope", "x.yaml", "sub/wf", "wf.yml"])
+def test_a_workflow_is_found_where_validate_finds_it(site: Site, name: str) -> None:
+    (site.workflows / "only_yml.yml").write_text("name: only_yml\n")
+    try:
+        expected = validate.resolve_workflow_path(name, str(site.workflows))
+    except InvalidInput as exc:
+        with pytest.raises(InvalidInput, match=re.escape(exc.problems[0].message)):
+            _workflow_path(name, str(site.workflows))
+    else:
+        assert _workflow_path(name, str(site.workflows)) == expected
