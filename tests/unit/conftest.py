@@ -13,14 +13,6 @@ from engine.config import Config
 from .helpers import Harness, dedent
 
 
-@pytest.fixture(autouse=True)
-def user_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh per-user cache folder (remembered configs) per test, not the real ~/.cache."""
-    folder = tmp_path_factory.mktemp("user-cache")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(folder))
-    return folder / "pgpool-hook"
-
-
 @pytest.fixture
 def write(tmp_path: Path) -> Callable[..., str]:
     """``write(yaml_text, name="wf.yaml") -> path`` of a file in a fresh folder."""
