@@ -7,9 +7,9 @@ passed as JSON, keyed by a hash of the file, the template files it reads, the
 ``--set`` overrides and the engine's own code; any change to one of them means
 a full check again.  ``validate`` and ``--dry-run`` never use the cache.
 
-Workflows are remembered in ``state_dir/cache``.  A config cannot be: its
-state_dir is inside it, so it is remembered per user, in
-``$XDG_CACHE_HOME/pgpool-hook`` (``~/.cache/pgpool-hook``).
+Both are remembered in ``state_dir/cache``.  A config names its state_dir, so
+its checked settings are also kept per user, in ``$XDG_CACHE_HOME/pgpool-hook``
+(``~/.cache/pgpool-hook``), where a run finds them before knowing the state_dir.
 
 An entry decides what a run executes (commands, program folders), so only an
 entry this user wrote is used: owned by the effective user, writable by nobody
@@ -182,26 +182,33 @@ def _exact_json(data: Any) -> bool:
 class ConfigEntry:
     """What is remembered about one config file's content with one set of overrides.
 
-    ``passed``: this exact input passed the checks before.  ``data``: the checked
-    settings (the file merged with the overrides), or None when they were not kept
-    because they hold a secret's value: those are read from the file again.
+    Two records, written once the input passes the checks.  ``state_dir/cache`` says
+    that it passed, as for workflows; but the state_dir is only known once the file is
+    parsed, so this user's cache folder also keeps the checked settings (the file merged
+    with the overrides) as ``data``, and a run need not parse the file at all.  Settings
+    that hold a secret's value are not kept there: such a run parses the file again and
+    skips the checks, as does a user without a writable home.
     """
 
     def __init__(self, data: bytes, overrides: dict[str, Any] | None):
         extra = json.dumps(overrides or {}, sort_keys=True, default=str).encode()
         self.key = _digest(engine_fingerprint().encode(), data, extra)
         folder = user_dir()
-        self.path = os.path.join(folder, f"config-{self.key}.json") if folder else None
-        record = _read_own(self.path, self.key) if self.path else None
-        self.passed = record is not None
-        self.data: dict[str, Any] | None = None
-        if record is not None and isinstance(record.get("data"), dict):
-            self.data = record["data"]
+        self._settings = os.path.join(folder, f"config-{self.key}.json") if folder else None
+        record = _read_own(self._settings, self.key) if self._settings else None
+        found = record.get("data") if record is not None else None
+        self.data: dict[str, Any] | None = found if isinstance(found, dict) else None
 
-    def remember(self, data: dict[str, Any] | None) -> None:
-        """Record that the input passed, with its settings unless None (they hold a secret)."""
-        if self.path is None:
-            return
-        if data is not None and not _exact_json(data):
-            data = None  # a number as a key, binary data: read from the file each time
-        _write_own(self.path, self.key, {"data": data})
+    def _marker(self, state_dir: str) -> str:
+        return os.path.join(state_dir, "cache", f"config-{self.key}.json")
+
+    def passed(self, state_dir: str) -> bool:
+        """Whether this input passed the checks before (``state_dir``: the one it names)."""
+        return _read_own(self._marker(state_dir), self.key) is not None
+
+    def remember(self, state_dir: str, data: dict[str, Any] | None) -> None:
+        """Record that the input passed (once), and keep its settings ``data`` unless None."""
+        if not self.passed(state_dir):
+            _write_own(self._marker(state_dir), self.key, {})
+        if self._settings is not None and data is not None and _exact_json(data):
+            _write_own(self._settings, self.key, {"data": data})

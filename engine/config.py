@@ -275,10 +275,17 @@ def find_path(explicit: str | None) -> str | None:
     return DEFAULT_PATH if os.path.exists(DEFAULT_PATH) else None
 
 
-def _read(path: str | None, overrides: dict[str, Any] | None, *, check: bool) -> dict[str, Any]:
+def _named_state_dir(raw: dict[str, Any], overrides: dict[str, Any] | None) -> str:
+    """The state_dir that settings not yet checked name (where the checks' record is kept)."""
+    state_dir = (overrides or {}).get("state_dir") or raw.get("state_dir")
+    return os.path.expanduser(str(state_dir)) if state_dir else _default_state_dir()
+
+
+def _read(path: str | None, overrides: dict[str, Any] | None, entry: ConfigEntry | None) -> dict[str, Any]:
     """The file's settings merged with ``overrides``, as plain data; raises InvalidInput.
 
-    ``check`` False: this exact input passed the checks before, so only parse it.
+    With ``entry`` (a real run), an input that passed the checks before is only parsed,
+    and one that passes them now is remembered.
     """
     from engine import source
 
@@ -293,7 +300,7 @@ def _read(path: str | None, overrides: dict[str, Any] | None, *, check: bool) ->
             problems.append(Problem(path, 1, 1, "", "the config must be a YAML mapping of settings"))
         elif isinstance(doc, dict):
             raw = doc
-    if not check and not problems:
+    if not problems and entry is not None and entry.passed(_named_state_dir(raw, overrides)):
         raw = _merge(raw, overrides) if overrides else raw
     elif not problems:
         from engine.schema import config_schema
@@ -311,6 +318,8 @@ def _read(path: str | None, overrides: dict[str, Any] | None, *, check: bool) ->
         problems = [dataclasses.replace(p, message=_hide(p.message, literals)) for p in problems]
         raise InvalidInput(problems, hint="fix the config file (see docs/configuration.md)")
     plain: dict[str, Any] = source.plain(raw)
+    if entry is not None:
+        entry.remember(_named_state_dir(plain, overrides), None if _secret_literals(plain) else plain)
     return plain
 
 
@@ -335,9 +344,7 @@ def load(
     entry = _remembered(path, overrides) if remember else None
     raw = entry.data if entry is not None else None
     if raw is None:
-        raw = _read(path, overrides, check=entry is None or not entry.passed)
-        if entry is not None and not entry.passed:
-            entry.remember(None if _secret_literals(raw) else raw)
+        raw = _read(path, overrides, entry)
     data = _merge(DEFAULTS, raw)
     for section, key in PATH_KEYS:
         node = data.get(section) if section else data

@@ -118,13 +118,22 @@ def _no_yaml(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("engine.source.load_file", refuse)
 
 
+def _no_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object) -> None:
+        raise AssertionError("checked again")
+
+    monkeypatch.setattr("engine.validate.schema_problems", refuse)
+
+
 def test_a_config_that_passed_is_read_without_yaml(
     config_file: Path, user_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first = config_mod.load(str(config_file), remember=True)
     (entry,) = _entries(user_cache, "config")
-    assert stat.S_IMODE(entry.stat().st_mode) == 0o600
-    assert stat.S_IMODE(user_cache.stat().st_mode) == 0o700
+    (passed,) = _entries(config_file.parent / "state" / "cache", "config")
+    for path in (entry, passed):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     _no_yaml(monkeypatch)
     again = config_mod.load(str(config_file), remember=True)
     assert again == first and again.data["vars"] == {"greeting": "hello"}
@@ -154,14 +163,21 @@ def test_a_secret_value_is_not_written_only_that_the_checks_passed(
 ) -> None:
     config_file.write_text(config_file.read_text() + f"secrets: {{pw: {{value: {SECRET}}}}}\n")
     config_mod.load(str(config_file), remember=True)
-    (entry,) = _entries(user_cache, "config")
-    assert SECRET not in entry.read_text()
-
-    def refuse(*args: object) -> None:
-        raise AssertionError("checked again")
-
-    monkeypatch.setattr("engine.validate.schema_problems", refuse)
+    assert _entries(user_cache, "config") == []
+    (passed,) = _entries(config_file.parent / "state" / "cache", "config")
+    assert SECRET not in passed.read_text()
+    _no_checks(monkeypatch)
     assert config_mod.load(str(config_file), remember=True).secrets == {"pw": SECRET}
+
+
+def test_without_a_usable_home_the_checks_are_still_remembered(
+    config_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))  # no folder can be made there
+    config_mod.load(str(config_file), remember=True)
+    _no_checks(monkeypatch)
+    assert config_mod.load(str(config_file), remember=True).data["lock_timeout"] == 7
 
 
 def test_settings_json_would_change_are_read_from_the_file(config_file: Path, user_cache: Path) -> None:
@@ -179,6 +195,7 @@ def test_a_config_entry_others_could_write_is_not_used(
     assert config_mod.load(str(config_file), remember=True).data["vars"] == {"greeting": "forged"}
     entry.chmod(0o622)
     assert config_mod.load(str(config_file), remember=True).data["vars"] == {"greeting": "hello"}
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o600  # written again
 
 
 def test_the_user_cache_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
