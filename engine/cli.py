@@ -10,12 +10,11 @@ code, never a traceback.
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import sys
-import uuid
-from typing import Any
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, cast
 
 from engine import commands
 from engine.errors import (
@@ -27,6 +26,9 @@ from engine.errors import (
     Problem,
     RenderError,
 )
+
+if TYPE_CHECKING:
+    import argparse
 
 # the file names pgpool (or an operator's pgpool.conf) may call us by
 HOOK_NAMES = {
@@ -59,6 +61,8 @@ reference.md, configuration.md, recipes.md).
 
 
 def _parser() -> argparse.ArgumentParser:
+    import argparse
+
     p = argparse.ArgumentParser(
         prog="pgpool-hook",
         description="Run Pgpool-II hooks (failover, follow-primary, online recovery) as YAML workflows.",
@@ -167,6 +171,17 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+# the options of `run`: (attribute, takes a value); _add_run_options gives their help
+RUN_OPTIONS = {
+    "--config": ("config", True),
+    "--dry-run": ("dry_run", False),
+    "--diff": ("diff", False),
+    "--set": ("set", True),
+    "--from": ("from_step", True),
+}
+VALUE_OPTIONS = frozenset(option for option, (_, takes_value) in RUN_OPTIONS.items() if takes_value)
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config", help="config file (default: $PGPOOL_HOOK_CONFIG or /etc/pgpool2/pgpool-hook.yaml)"
@@ -206,31 +221,34 @@ def _install_signal_handlers() -> None:
 
 
 def cmd_run(opts: argparse.Namespace) -> int:
+    from engine import cache, context
     from engine import config as config_mod
-    from engine import context, validate
     from engine.masking import Masker
-    from engine.steps import KINDS
 
     overrides = config_mod.parse_set(opts.set)
     cfg = config_mod.load(opts.config, overrides, remember=not opts.dry_run)
     name = opts.workflow
     if name in HOOK_NAMES and not os.path.exists(name):
         name = HOOK_NAMES[name]  # `run pgpool_remote_start` means the remote_start workflow
-    path = validate.resolve_workflow_path(name, cfg.workflows_dir)
+    path = _workflow_path(name, cfg.workflows_dir)
     # a real run remembers what validated; a dry-run writes nothing at all
-    workflow = validate.load_workflow(
-        path, cache_dir=None if opts.dry_run else os.path.join(cfg.state_dir, "cache")
-    )
+    cache_dir = None if opts.dry_run else os.path.join(cfg.state_dir, "cache")
+    workflow = cache.cached_workflow(path, cache_dir) if cache_dir is not None else None
+    if workflow is None:  # new or changed: validate (which imports YAML, JSON Schema, Jinja2)
+        from engine import validate
+
+        workflow = validate.load_workflow(path, cache_dir=cache_dir)
     params = context.bind_params(workflow, list(opts.args))
     masker = Masker(cfg.mask_values())
     opts.masker = masker  # main() masks the error it prints, too (a render error can quote a value)
-    run_id = uuid.uuid4().hex[:12]
+    run_id = os.urandom(6).hex()  # the 48 random bits of uuid4().hex[:12], without uuid's import
     if opts.dry_run and opts.from_step:
         raise InvalidInput(
             "--from does not combine with --dry-run: run --dry-run without it to see every step"
         )
     if opts.dry_run:
         from engine import plan
+        from engine.steps import KINDS
 
         try:
             ctx, r = context.build(workflow, cfg, params, dry_run=True, run_id="dry-run")
@@ -349,6 +367,64 @@ def _hook_argv(name: str, argv: list[str]) -> list[str]:
     return out + [HOOK_NAMES[name]] + rest
 
 
+def _workflow_path(name: str, workflows_dir: str) -> str:
+    """What validate.resolve_workflow_path finds, without importing validate for a name that exists.
+
+    validate imports YAML (~15 ms); a workflow that is not there is its to explain.
+    """
+    if os.sep in name or name.endswith((".yaml", ".yml")):
+        return name
+    for ext in (".yaml", ".yml"):
+        candidate = os.path.join(workflows_dir, name + ext)
+        if os.path.exists(candidate):
+            return candidate
+    from engine import validate
+
+    return validate.resolve_workflow_path(name, workflows_dir)
+
+
+def _parse_run(argv: list[str]) -> argparse.Namespace | None:
+    """`run [OPTIONS] WORKFLOW ARG...` parsed by hand, or None: then argparse parses ``argv``.
+
+    Importing argparse and building the parser tree cost ~10 ms of every hook start.  Only
+    the options' exact spellings are taken here, with values that cannot be taken for an
+    option; anything else (an abbreviation, --help, a missing value, `--` before WORKFLOW)
+    goes to argparse, errors and help included.  The result has exactly the attributes
+    argparse gives (as a SimpleNamespace: argparse is not imported for it).
+    """
+    if not argv or argv[0] != "run":
+        return None
+    opts: dict[str, Any] = {
+        dest: None if takes_value else False for dest, takes_value in RUN_OPTIONS.values()
+    }
+    opts.update(command="run", set=[])
+    i = 1
+    while i < len(argv):
+        option, eq, value = argv[i].partition("=")
+        if option not in RUN_OPTIONS:
+            if argv[i].startswith("-"):
+                return None
+            # everything after WORKFLOW is the hook's, untouched (-1, '', --set ...)
+            return cast("argparse.Namespace", SimpleNamespace(**opts, workflow=argv[i], args=argv[i + 1 :]))
+        dest, takes_value = RUN_OPTIONS[option]
+        if not takes_value:
+            if eq:
+                return None  # `--dry-run=x`: argparse's error
+            opts[dest] = True
+        else:
+            if not eq:
+                i += 1
+                if i == len(argv) or argv[i].startswith("-"):
+                    return None
+                value = argv[i]
+            if dest == "set":
+                opts["set"].append(value)
+            else:
+                opts[dest] = value
+        i += 1
+    return None  # no WORKFLOW: argparse says so
+
+
 def _split_run(argv: list[str]) -> tuple[list[str], list[str] | None]:
     """`run [OPTIONS] WORKFLOW ARG...` → (what argparse parses, the hook's arguments untouched).
 
@@ -358,7 +434,7 @@ def _split_run(argv: list[str]) -> tuple[list[str], list[str] | None]:
         return argv, None
     i = 1
     while i < len(argv):
-        if argv[i] in ("--config", "--set", "--from"):
+        if argv[i] in VALUE_OPTIONS:
             i += 2
         elif argv[i] == "--":
             return argv[: i + 2], argv[i + 2 :]
@@ -374,14 +450,16 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     name = os.path.basename(prog if prog is not None else sys.argv[0])
     if name in HOOK_NAMES:
         argv = _hook_argv(name, argv)
-    parser = _parser()
-    argv, hook_args = _split_run(argv)
-    opts = parser.parse_args(argv)
-    if hook_args is not None:
-        opts.args = hook_args
-    if opts.command is None:
-        parser.print_help()
-        return EXIT_INVALID
+    opts = _parse_run(argv)
+    if opts is None:
+        parser = _parser()
+        argv, hook_args = _split_run(argv)
+        opts = parser.parse_args(argv)
+        if hook_args is not None:
+            opts.args = hook_args
+        if opts.command is None:
+            parser.print_help()
+            return EXIT_INVALID
     handlers = {
         "run": cmd_run,
         "validate": cmd_validate,

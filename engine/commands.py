@@ -7,16 +7,21 @@ none of this.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # argparse itself only when a parser is built: `run` parses without it
+    import argparse
 
 CONFIG_HELP = "config file (default: $PGPOOL_HOOK_CONFIG or /etc/pgpool2/pgpool-hook.yaml)"
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the subcommands to ``sub`` (their handlers are in :data:`HANDLERS`)."""
+    import argparse
+
     raw = argparse.RawDescriptionHelpFormatter
     g = sub.add_parser(
         "graph",

@@ -13,11 +13,13 @@ import copy
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from engine import source
 from engine.errors import InvalidInput, Problem
 from engine.masking import MASK
+
+if TYPE_CHECKING:
+    from engine.cache import ConfigEntry
 
 DEFAULT_PATH = "/etc/pgpool2/pgpool-hook.yaml"
 
@@ -168,6 +170,8 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 def parse_set(pairs: list[str]) -> dict[str, Any]:
     """``--set a.b=c`` pairs as a nested mapping; values parsed as YAML scalars."""
+    if not pairs:
+        return {}  # a hook's usual start: no --set, and no YAML import for it
     import yaml
 
     result: dict[str, Any] = {}
@@ -222,6 +226,7 @@ def _slot_rule_problems(rule: str, doc: Any, path: str | None) -> list[Problem]:
     """The replication_slot rule may only use host, port and node_id (checked now, not at failover time)."""
     from jinja2 import TemplateSyntaxError
 
+    from engine import source
     from engine.render import undeclared
 
     from_file = isinstance(doc, dict) and doc.get("replication_slot") == rule
@@ -270,49 +275,20 @@ def find_path(explicit: str | None) -> str | None:
     return DEFAULT_PATH if os.path.exists(DEFAULT_PATH) else None
 
 
-def _checked_marker(path: str | None, raw: dict[str, Any], overrides: dict[str, Any] | None) -> str | None:
-    """A file in state_dir/cache whose existence says: this exact config passed the checks.
-
-    Checking the config needs jsonschema and Jinja2, which cost more than a short
-    hook run; the config changes rarely, so a passing check is remembered by hash.
-    """
-    import hashlib
-    import json
-
-    from engine.cache import engine_fingerprint
-
-    try:
-        with open(path, "rb") if path else open(os.devnull, "rb") as fh:
-            data = fh.read()
-    except OSError:
-        return None
+def _named_state_dir(raw: dict[str, Any], overrides: dict[str, Any] | None) -> str:
+    """The state_dir that settings not yet checked name (where the checks' record is kept)."""
     state_dir = (overrides or {}).get("state_dir") or raw.get("state_dir")
-    state_dir = os.path.expanduser(str(state_dir)) if state_dir else _default_state_dir()
-    key = hashlib.sha256(
-        b"%s\0%s\0%s"
-        % (
-            engine_fingerprint().encode(),
-            data,
-            json.dumps(overrides or {}, sort_keys=True, default=str).encode(),
-        )
-    ).hexdigest()[:32]
-    return os.path.join(state_dir, "cache", f"config-{key}.ok")
+    return os.path.expanduser(str(state_dir)) if state_dir else _default_state_dir()
 
 
-def _touch(marker: str) -> None:
-    try:
-        os.makedirs(os.path.dirname(marker), mode=0o700, exist_ok=True)
-        with open(marker, "w"):
-            pass
-    except OSError:
-        pass
+def _read(path: str | None, overrides: dict[str, Any] | None, entry: ConfigEntry | None) -> dict[str, Any]:
+    """The file's settings merged with ``overrides``, as plain data; raises InvalidInput.
 
+    With ``entry`` (a real run), an input that passed the checks before is only parsed,
+    and one that passes them now is remembered.
+    """
+    from engine import source
 
-def load(
-    explicit: str | None = None, overrides: dict[str, Any] | None = None, *, remember: bool = False
-) -> Config:
-    """Load, check and merge the config; raises InvalidInput with every problem found."""
-    path = find_path(explicit)
     raw: dict[str, Any] = {}
     problems: list[Problem] = []
     doc: Any = None
@@ -324,11 +300,8 @@ def load(
             problems.append(Problem(path, 1, 1, "", "the config must be a YAML mapping of settings"))
         elif isinstance(doc, dict):
             raw = doc
-    marker = (
-        _checked_marker(path, raw, overrides) if remember and not problems and (raw or overrides) else None
-    )
-    if marker is not None and os.path.exists(marker):
-        raw = _merge(raw, overrides) if overrides else raw  # this exact input passed the checks before
+    if not problems and entry is not None and entry.passed(_named_state_dir(raw, overrides)):
+        raw = _merge(raw, overrides) if overrides else raw
     elif not problems:
         from engine.schema import config_schema
         from engine.validate import schema_problems
@@ -340,13 +313,39 @@ def load(
             problems = schema_problems(config_schema(), raw, None, "--set")
         if not problems and isinstance(raw.get("replication_slot"), str):
             problems = _slot_rule_problems(raw["replication_slot"], doc, path)
-        if not problems and marker is not None and remember:
-            _touch(marker)
     if problems:
         literals = _secret_literals(doc, overrides)  # the schema's messages quote values
         problems = [dataclasses.replace(p, message=_hide(p.message, literals)) for p in problems]
         raise InvalidInput(problems, hint="fix the config file (see docs/configuration.md)")
-    data = _merge(DEFAULTS, source.plain(raw))
+    plain: dict[str, Any] = source.plain(raw)
+    if entry is not None:
+        entry.remember(_named_state_dir(plain, overrides), None if _secret_literals(plain) else plain)
+    return plain
+
+
+def _remembered(path: str | None, overrides: dict[str, Any] | None) -> ConfigEntry | None:
+    """What the cache holds for the config's current content and ``overrides``."""
+    from engine.cache import ConfigEntry, read_source
+
+    data = read_source(path) if path is not None else b""
+    return ConfigEntry(data, overrides) if data is not None else None
+
+
+def load(
+    explicit: str | None = None, overrides: dict[str, Any] | None = None, *, remember: bool = False
+) -> Config:
+    """Load, check and merge the config; raises InvalidInput with every problem found.
+
+    With ``remember`` (a real run), an input that passed the checks before is not checked
+    again, and its settings come from the cache without parsing YAML (see engine.cache);
+    settings holding a secret's value are not cached, only the fact that they passed.
+    """
+    path = find_path(explicit)
+    entry = _remembered(path, overrides) if remember else None
+    raw = entry.data if entry is not None else None
+    if raw is None:
+        raw = _read(path, overrides, entry)
+    data = _merge(DEFAULTS, raw)
     for section, key in PATH_KEYS:
         node = data.get(section) if section else data
         if isinstance(node, dict) and isinstance(node.get(key), str):

@@ -72,6 +72,9 @@ class Workflow:
     lock_timeout: float = 0.0
     extra_args: bool = True
     var_lines: dict[str, int] = field(default_factory=dict)
+    # what run_started records for resume (resume.fingerprint), kept by the validation cache
+    # so that a warm start need not compute it; None: compute it
+    digests: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def directory(self) -> str:

@@ -40,7 +40,6 @@ def execute(
     overrides: dict[str, Any] | None = None,
     from_step: str | None = None,
 ) -> int:
-    from engine.resume import fingerprint
     from engine.steps import KINDS
 
     kinds = kinds or KINDS
@@ -66,6 +65,11 @@ def execute(
         except RenderError as exc:
             logger.event("invalid", str(exc))
             return 2
+    digests = workflow.digests  # remembered with a cached workflow; else computed now
+    if digests is None:
+        from engine.resume import fingerprint
+
+        digests = fingerprint(workflow)
     start = time.time()
     journal.write(
         "run_started",
@@ -81,7 +85,7 @@ def execute(
         from_step=from_step,
         config=os.path.abspath(cfg.path) if cfg.path else None,
         overrides=overrides or {},
-        **fingerprint(workflow),  # what resume compares to know whether skipping done steps is safe
+        **digests,  # what resume compares to know whether skipping done steps is safe
     )
     logger.event("started", f"args: {' '.join(repr(a) for a in argv)}")
     lock = RunLock(cfg.state_dir, lock_name)

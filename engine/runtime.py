@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from engine.transport.local import LocalFS
-
 if TYPE_CHECKING:
     from engine.config import Config
     from engine.log import Logger
     from engine.transport import FileSystem
+    from engine.transport.local import LocalFS
 
 LOCAL_NAMES = frozenset({"", "local", "localhost-local"})
 
@@ -28,7 +27,7 @@ class Runtime:
         self.config = config
         self.log = logger
         self._pool: Any = None
-        self._local_fs = LocalFS()
+        self._local_fs: LocalFS | None = None
 
     @property
     def ssh_pool(self) -> Any:
@@ -40,6 +39,12 @@ class Runtime:
 
     def fs(self, host: Any) -> FileSystem:
         if is_local(host):
+            if self._local_fs is None:
+                # subprocess, threading and selectors cost ~5 ms to import: a run without
+                # a local file or command (an exit, a guard over SQL) does not pay for them
+                from engine.transport.local import LocalFS
+
+                self._local_fs = LocalFS()
             return self._local_fs
         return self.ssh_pool.fs(str(host))
 

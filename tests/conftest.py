@@ -134,6 +134,17 @@ def _test_failed(request: pytest.FixtureRequest) -> bool:
 
 
 @pytest.fixture(autouse=True)
+def user_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh per-user cache folder (remembered configs) per test, not the real ~/.cache.
+
+    Hooks run as postgres through the sandbox get a clean environment and use its home.
+    """
+    folder = tmp_path_factory.mktemp("user-cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(folder))
+    return folder / "pgpool-hook"
+
+
+@pytest.fixture(autouse=True)
 def keep_signal_handlers() -> Iterator[None]:
     """`pgpool-hook run` installs SIGTERM/SIGINT/SIGHUP handlers; give pytest its own back."""
     saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}

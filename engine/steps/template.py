@@ -8,7 +8,6 @@ created).
 
 from __future__ import annotations
 
-import difflib
 import os
 from typing import Any
 
@@ -72,6 +71,8 @@ class TemplateKind:
 
     def diff(self, action: Action, rt: Any) -> list[str]:
         """Unified diff against what is there now (read-only)."""
+        import difflib  # only dry-run --diff shows one: not worth a millisecond of every start
+
         old = rt.fs(action.details["host"]).read(action.details["dest"])
         old_text = old.decode("utf-8", "replace") if old is not None else ""
         return list(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +13,9 @@ from typing import Any
 import pytest
 import yaml
 
-from engine.cli import HOOK_NAMES, main
+from engine import validate
+from engine.cli import HOOK_NAMES, RUN_OPTIONS, _parse_run, _parser, _split_run, _workflow_path, main
+from engine.errors import InvalidInput
 
 from .helpers import dedent
 
@@ -358,3 +362,93 @@ def test_output_to_a_closed_pipe_is_not_an_internal_error() -> None:
     err = proc.stderr.read().decode()
     assert proc.wait(30) == 1
     assert err == ""
+
+
+# ---- the start of a hook -----------------------------------------------------------------
+
+RUN_ARGVS = [
+    ["run", "failover"],
+    ["run", "failover", "0", "pg1", "-1", "", "--set", "x=y", "--", "-h", "--help"],
+    ["run", "--config", "c.yaml", "--dry-run", "--diff", "wf.yaml", "1"],
+    ["run", "--config=c.yaml", "--config", "d.yaml", "failover"],
+    ["run", "--config=", "failover", "1"],
+    ["run", "--config", "", "failover"],
+    ["run", "--set", "a=1", "--set=b=2", "--set", "c=", "--from", "stop", "follow_primary", "3"],
+    ["run", "--from=stop", "a=b", "--dry-run"],
+    ["run", "", "1"],
+]
+
+
+def _argparse(argv: list[str]) -> dict[str, Any]:
+    head, hook_args = _split_run(argv)
+    opts = _parser().parse_args(head)
+    if hook_args is not None:
+        opts.args = hook_args
+    return vars(opts)
+
+
+@pytest.mark.parametrize("argv", RUN_ARGVS)
+def test_run_is_parsed_as_argparse_parses_it(argv: list[str]) -> None:
+    fast = _parse_run(argv)
+    assert fast is not None
+    assert vars(fast) == _argparse(argv)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["validate"],
+        ["run"],
+        ["run", "--config"],
+        ["run", "--dry-run"],
+        ["run", "--help", "failover"],
+        ["run", "--conf", "c.yaml", "failover"],  # an abbreviation argparse takes
+        ["run", "--config", "-c", "failover"],
+        ["run", "--dry-run=yes", "failover"],
+        ["run", "--", "failover"],
+        ["run", "-", "failover"],
+    ],
+)
+def test_anything_else_is_left_to_argparse(argv: list[str]) -> None:
+    assert _parse_run(argv) is None
+
+
+def test_the_hand_parser_knows_every_option_of_run() -> None:
+    (sub,) = [a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    options = {
+        name: (action.dest, action.nargs != 0)
+        for action in sub.choices["run"]._actions
+        for name in action.option_strings
+        if action.dest != "help"
+    }
+    assert options == RUN_OPTIONS
+
+
+def test_a_warm_run_imports_only_what_it_uses(site: Site, tmp_path: Path) -> None:
+    """What a hook's start costs: none of these on a warm run of a step that renders nothing."""
+    heavy = ["argparse", "yaml", "jsonschema", "jinja2", "hashlib", "uuid", "subprocess", "difflib"]
+    heavy += ["engine.validate", "engine.source", "engine.resume", "paramiko", "psycopg"]
+    site.config.write_text(f"workflows_dir: {site.workflows}\nstate_dir: {site.state}\n")
+    site.workflow("noop", "name: noop\nsteps:\n  - id: done\n    exit: {code: 0, message: nothing}\n")
+    code = (
+        "import sys\nfrom engine.cli import main\n"
+        f"assert main(['run', 'noop']) == 0\nprint(sorted(set({heavy!r}) & set(sys.modules)))\n"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    for _ in range(2):  # the first run fills the caches
+        proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("name", ["failover", "only_yml", "nope", "x.yaml", "sub/wf", "wf.yml"])
+def test_a_workflow_is_found_where_validate_finds_it(site: Site, name: str) -> None:
+    (site.workflows / "only_yml.yml").write_text("name: only_yml\n")
+    try:
+        expected = validate.resolve_workflow_path(name, str(site.workflows))
+    except InvalidInput as exc:
+        with pytest.raises(InvalidInput, match=re.escape(exc.problems[0].message)):
+            _workflow_path(name, str(site.workflows))
+    else:
+        assert _workflow_path(name, str(site.workflows)) == expected

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -333,3 +334,13 @@ def test_a_newline_in_a_message_cannot_forge_a_log_line() -> None:
     lines = stream.getvalue().splitlines()
     assert len(lines) == 1
     assert lines[0].endswith(f"outcome=failed cannot resolve host 'a\\n{forged}'\\r")
+
+
+@pytest.mark.parametrize("before", ["", "7\n", "123456789012\n"])
+def test_the_lock_file_holds_the_holders_pid(tmp_path: Path, before: str) -> None:
+    lock = RunLock(str(tmp_path), "t")
+    os.makedirs(lock.dir)
+    Path(lock.path).write_text(before)
+    lock.acquire(1)
+    assert Path(lock.path).read_text() == f"{os.getpid()}\n"
+    lock.release()
