@@ -41,11 +41,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     )
     try:
         app.install()
+        app.start_runner()
         sshd.start()
         sandbox.build()
     except BaseException:
         sandbox.destroy(remove=False)
         sshd.stop()
+        app.stop_runner()
         raise
     pp = sandbox.pgpool
     print(f"sandbox up in {base}")
@@ -58,7 +60,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(
         f"  ssh:     ssh -i {sshd.key_file} -p {sshd.port} -o UserKnownHostsFile={sshd.known_hosts} postgres@{addresses[0]}"
     )
-    print(f"  hooks:   {app.wrapper} (config {sandbox.config_path})")
+    print(f"  hooks:   {app.wrapper} (config {sandbox.config_path}; resident runner {app.runner_socket})")
     print(f"stop with: python -m sandbox down --base {base}")
     return 0
 
@@ -73,6 +75,7 @@ def cmd_down(args: argparse.Namespace) -> int:
         sandbox.destroy(remove=not args.keep)
     finally:
         sandbox.sshd.stop()
+        sandbox.app.stop_runner()
     if not args.keep:
         shutil.rmtree(base, ignore_errors=True)
     print(f"sandbox in {base} stopped" + (" (files kept)" if args.keep else " and removed"))

@@ -465,13 +465,16 @@ def build(args: argparse.Namespace) -> PgpoolSandbox:
     started = time.monotonic()
     try:
         sb.app.install()
+        runner = sb.app.start_runner()
         sb.sshd.start()
         sb.build()
     except BaseException:
         sb.destroy(remove=False)
         sb.sshd.stop()
+        sb.app.stop_runner()
         raise
-    say(f"  built in {time.monotonic() - started:.1f}s; pgpool's hooks:")
+    say(f"  built in {time.monotonic() - started:.1f}s; resident runner `pgpool-hook serve` pid {runner}")
+    say("  (hook calls are handed to it and skip Python's start-up); pgpool's hooks:")
     for key in ("failover_command", "follow_primary_command", "recovery_1st_stage_command"):
         say(f"    {key} = '{sb.pgpool.settings()[key]}'")
     say(f"    {sb.nodes[0].pgdata}/recovery_1st_stage and pgpool_remote_start: shims that run pgpool-hook")
