@@ -239,8 +239,9 @@ def test_a_stopped_caller_stops_its_run_and_the_run_rolls_back(site: Path, runne
 
 def test_stopping_the_runner_lets_running_hooks_finish(site: Path, runner: Runner) -> None:
     assert runner.proc is not None
+    pause = f"1.{time.time_ns() % 10**6:06d}"  # a unique sleep argument, for pgrep
     (site / "workflows" / "slow.yaml").write_text(
-        'name: slow\nsteps:\n  - id: s\n    local: {command: ["sleep", "1.5"]}\n'
+        f'name: slow\nsteps:\n  - id: s\n    local: {{command: ["sleep", "{pause}"]}}\n'
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "engine", "run", "--config", str(site / "config.yaml"), "slow"],
@@ -250,11 +251,16 @@ def test_stopping_the_runner_lets_running_hooks_finish(site: Path, runner: Runne
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(0.5)
+    end = time.monotonic() + 30
+    while not processes_matching(f"sleep {pause}"):
+        assert time.monotonic() < end and proc.poll() is None, "the step never started"
+        time.sleep(0.02)
     runner.stop()
     assert not runner.socket.exists()
     assert proc.wait(30) == 0
     assert history(site)[0]["outcome"] == "succeeded"
+    started = [json.loads(line) for line in (site / "state" / "journal.jsonl").read_text().splitlines()]
+    assert [e["runner"] for e in started if e["event"] == "run_started"] == [runner.proc.pid]
 
 
 def test_changed_engine_files_make_calls_run_locally_until_the_runner_restarted(
@@ -291,7 +297,12 @@ def test_changed_engine_files_make_calls_run_locally_until_the_runner_restarted(
         module = app / "engine" / "interpreter.py"
         module.write_text(module.read_text() + "\n# changed\n")
         assert run_with_app("during.txt") != str(r.proc.pid)  # refused: run by the caller itself
-        r.wait_listening()  # the same process, started again with the new code
+        # the same process, started again with the new code: wait for its second "listening"
+        end = time.monotonic() + 30
+        while r.log.read_text().count("listening on") < 2:
+            assert time.monotonic() < end, r.log.read_text()
+            time.sleep(0.05)
+        r.wait_listening()
         assert r.proc.poll() is None
         assert run_with_app("after.txt") == str(r.proc.pid)
         assert "starting again with the new code" in r.log.read_text()
