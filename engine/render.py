@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # jinja2 costs ~25 ms to import: only runs that render anything pay for it
     from jinja2.sandbox import SandboxedEnvironment
 
+from engine import substitute
 from engine.errors import NeedsRuntime, RenderError
 
 
@@ -236,6 +237,11 @@ def undeclared(source: str, expression: bool = False) -> tuple[set[str], set[str
     from jinja2 import meta, nodes
 
     env = environment()
+    parts = substitute.expression_path(source) if expression else substitute.split(source)
+    if parts is not None:  # no parse needed: the names are the first words of the paths
+        paths = [parts] if isinstance(parts, tuple) else substitute.paths(parts)
+        names = {p[0] for p in paths if p[0] not in env.globals}
+        return names, {p[1] for p in paths if p[0] == "steps" and len(p) > 1}
     ast = env.parse("{{ (" + source + ") }}" if expression else source)
     names = set(meta.find_undeclared_variables(ast))
     steps: set[str] = set()
@@ -248,6 +254,22 @@ def undeclared(source: str, expression: bool = False) -> tuple[set[str], set[str
             elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
                 steps.add(node.arg.value)
     return names, steps
+
+
+def _template(source: str, shell: bool) -> Any:
+    """Something with ``render(context)``: a plain substitution, or a compiled template."""
+    parts = substitute.split(source)
+    if parts is not None:
+        return substitute.Substitution(environment(shell), parts)
+    return compiled(source, shell)
+
+
+def _expression(source: str) -> Any:
+    """A callable of the context that evaluates ``source`` (without braces)."""
+    path = substitute.expression_path(source)
+    if path is not None:
+        return substitute.PathExpression(environment(), path)
+    return environment().compile_expression(source, undefined_to_none=False)
 
 
 class Renderer:
@@ -314,7 +336,7 @@ class Renderer:
         try:
             tmpl = self._cache.get(key)
             if tmpl is None:
-                tmpl = self._cache[key] = compiled(source, shell)
+                tmpl = self._cache[key] = _template(source, shell)
             return tmpl.render(self.context)
         except NeedsRuntime:
             raise
@@ -335,9 +357,7 @@ class Renderer:
         try:
             fn = self._cache.get(key)
             if fn is None:
-                fn = self._cache[key] = environment().compile_expression(
-                    strip_braces(source), undefined_to_none=False
-                )
+                fn = self._cache[key] = _expression(strip_braces(source))
             ctx = self.context if not extra else {**self.context, **extra}
             value = fn(ctx)
             from jinja2 import StrictUndefined
