@@ -10,6 +10,7 @@ travel as bound parameters.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shlex
@@ -234,16 +235,24 @@ BUILTIN_NAMES = frozenset(
 
 def undeclared(source: str, expression: bool = False) -> tuple[set[str], set[str]]:
     """Names a template reads without defining, and the step ids it reads via ``steps.X``."""
+    names, steps = _undeclared(source, expression)
+    return set(names), set(steps)
+
+
+@functools.cache  # steps share many template strings ("{{ host }}", "x > 0"): analyse each once
+def _undeclared(source: str, expression: bool) -> tuple[frozenset[str], frozenset[str]]:
     from jinja2 import meta, nodes
 
     env = environment()
     parts = substitute.expression_path(source) if expression else substitute.split(source)
     if parts is not None:  # no parse needed: the names are the first words of the paths
         paths = [parts] if isinstance(parts, tuple) else substitute.paths(parts)
-        names = {p[0] for p in paths if p[0] not in env.globals}
-        return names, {p[1] for p in paths if p[0] == "steps" and len(p) > 1}
+        return (
+            frozenset(p[0] for p in paths if p[0] not in env.globals),
+            frozenset(p[1] for p in paths if p[0] == "steps" and len(p) > 1),
+        )
     ast = env.parse("{{ (" + source + ") }}" if expression else source)
-    names = set(meta.find_undeclared_variables(ast))
+    names = meta.find_undeclared_variables(ast)
     steps: set[str] = set()
     node: Any  # Getattr | Getitem: find_all is typed as returning the base class
     for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
@@ -253,7 +262,7 @@ def undeclared(source: str, expression: bool = False) -> tuple[set[str], set[str
                 steps.add(node.attr)
             elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
                 steps.add(node.arg.value)
-    return names, steps
+    return frozenset(names), frozenset(steps)
 
 
 def _template(source: str, shell: bool) -> Any:

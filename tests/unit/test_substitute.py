@@ -160,3 +160,10 @@ def test_plain_substitutions_take_the_fast_path(source: str) -> None:
 )
 def test_anything_else_goes_to_jinja2(source: str) -> None:
     assert substitute.split(source) is None
+
+
+def test_undeclared_results_are_callers_own_copies() -> None:
+    names, steps = render.undeclared("{{ steps.a.ok }}{{ h }}")
+    names.add("changed")
+    steps.clear()
+    assert render.undeclared("{{ steps.a.ok }}{{ h }}") == ({"steps", "h"}, {"a"})
