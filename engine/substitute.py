@@ -13,6 +13,7 @@ literals, subscripts, whitespace control, comments, blocks, line breaks) is left
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,6 @@ if TYPE_CHECKING:
 
 Path = tuple[str, ...]  # `a.b.c` as ("a", "b", "c")
 
-_PATH = re.compile(r"[ \t]*([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)[ \t]*")
 # words Jinja2 parses as something other than a name (literals, operators, `self`), and
 # `result`, which compile_expression assigns: these always go to Jinja2
 _RESERVED = frozenset(
@@ -30,8 +30,13 @@ _RESERVED = frozenset(
 )
 
 
+@functools.cache  # compiled on first use: a hook's start-up is failover time
+def _pattern() -> re.Pattern[str]:
+    return re.compile(r"[ \t]*([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)[ \t]*")
+
+
 def _path(text: str, start: int = 0, end: int | None = None) -> Path | None:
-    m = _PATH.fullmatch(text, start, len(text) if end is None else end)
+    m = _pattern().fullmatch(text, start, len(text) if end is None else end)
     if m is None:
         return None
     path = tuple(m.group(1).split("."))
