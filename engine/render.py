@@ -201,10 +201,41 @@ def compiled(source: str, shell: bool = False) -> Any:
             return env.template_class.from_code(env, marshal.loads(blob), env.make_globals(None))
         except (ValueError, TypeError, EOFError):
             pass
-    code = compile(env.compile(source, raw=True), "<template>", "exec")
+    python = None if shell else _GENERATED.pop(source, None)
+    code = compile(python if python is not None else env.compile(source, raw=True), "<template>", "exec")
     _CODE[key] = marshal.dumps(code)
     _CODE_NEW = True
     return env.template_class.from_code(env, code, env.make_globals(None))
+
+
+# Python code that validation already generated for a template (for the plain environment, not
+# the shell one): compiled() takes it instead of lexing, parsing and generating it once more.
+_GENERATED: dict[str, str] = {}
+
+
+@functools.cache
+def _tracking_generator() -> Any:
+    """jinja2.meta's TrackingCodeGenerator, except that it keeps the code it generates.
+
+    Generated as compiled() would (no name or file, the environment's own generator class and
+    optimisation), so that code is exactly what compiled() would produce from the source.
+    """
+    from jinja2.compiler import Frame
+
+    base = environment().code_generator_class
+
+    class Tracking(base):  # type: ignore[valid-type, misc]
+        def __init__(self, env: SandboxedEnvironment):
+            super().__init__(env, None, None, None, False, env.optimized)
+            self.undeclared_identifiers: set[str] = set()
+
+        def enter_frame(self, frame: Frame) -> None:
+            super().enter_frame(frame)
+            for _, (action, param) in frame.symbols.loads.items():
+                if action == "resolve" and param not in self.environment.globals:
+                    self.undeclared_identifiers.add(param)
+
+    return Tracking
 
 
 def is_template(value: Any) -> bool:
@@ -251,8 +282,15 @@ def _undeclared(source: str, expression: bool) -> tuple[frozenset[str], frozense
             frozenset(p[0] for p in paths if p[0] not in env.globals),
             frozenset(p[1] for p in paths if p[0] == "steps" and len(p) > 1),
         )
-    ast = env.parse("{{ (" + source + ") }}" if expression else source)
-    names = meta.find_undeclared_variables(ast)
+    if expression:
+        ast = env.parse("{{ (" + source + ") }}")
+        names = meta.find_undeclared_variables(ast)
+    else:  # the same analysis, keeping the code it generates for compiled() to use
+        ast = env.parse(source)
+        generator = _tracking_generator()(env)
+        generator.visit(ast)
+        names = generator.undeclared_identifiers
+        _GENERATED[source] = generator.stream.getvalue()
     steps: set[str] = set()
     node: Any  # Getattr | Getitem: find_all is typed as returning the base class
     for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
