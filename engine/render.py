@@ -10,6 +10,7 @@ travel as bound parameters.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shlex
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # jinja2 costs ~25 ms to import: only runs that render anything pay for it
     from jinja2.sandbox import SandboxedEnvironment
 
+from engine import substitute
 from engine.errors import NeedsRuntime, RenderError
 
 
@@ -199,10 +201,41 @@ def compiled(source: str, shell: bool = False) -> Any:
             return env.template_class.from_code(env, marshal.loads(blob), env.make_globals(None))
         except (ValueError, TypeError, EOFError):
             pass
-    code = compile(env.compile(source, raw=True), "<template>", "exec")
+    python = None if shell else _GENERATED.pop(source, None)
+    code = compile(python if python is not None else env.compile(source, raw=True), "<template>", "exec")
     _CODE[key] = marshal.dumps(code)
     _CODE_NEW = True
     return env.template_class.from_code(env, code, env.make_globals(None))
+
+
+# Python code that validation already generated for a template (for the plain environment, not
+# the shell one): compiled() takes it instead of lexing, parsing and generating it once more.
+_GENERATED: dict[str, str] = {}
+
+
+@functools.cache
+def _tracking_generator() -> Any:
+    """jinja2.meta's TrackingCodeGenerator, except that it keeps the code it generates.
+
+    Generated as compiled() would (no name or file, the environment's own generator class and
+    optimisation), so that code is exactly what compiled() would produce from the source.
+    """
+    from jinja2.compiler import Frame
+
+    base = environment().code_generator_class
+
+    class Tracking(base):  # type: ignore[valid-type, misc]
+        def __init__(self, env: SandboxedEnvironment):
+            super().__init__(env, None, None, None, False, env.optimized)
+            self.undeclared_identifiers: set[str] = set()
+
+        def enter_frame(self, frame: Frame) -> None:
+            super().enter_frame(frame)
+            for _, (action, param) in frame.symbols.loads.items():
+                if action == "resolve" and param not in self.environment.globals:
+                    self.undeclared_identifiers.add(param)
+
+    return Tracking
 
 
 def is_template(value: Any) -> bool:
@@ -233,11 +266,31 @@ BUILTIN_NAMES = frozenset(
 
 def undeclared(source: str, expression: bool = False) -> tuple[set[str], set[str]]:
     """Names a template reads without defining, and the step ids it reads via ``steps.X``."""
+    names, steps = _undeclared(source, expression)
+    return set(names), set(steps)
+
+
+@functools.cache  # steps share many template strings ("{{ host }}", "x > 0"): analyse each once
+def _undeclared(source: str, expression: bool) -> tuple[frozenset[str], frozenset[str]]:
     from jinja2 import meta, nodes
 
     env = environment()
-    ast = env.parse("{{ (" + source + ") }}" if expression else source)
-    names = set(meta.find_undeclared_variables(ast))
+    parts = substitute.expression_path(source) if expression else substitute.split(source)
+    if parts is not None:  # no parse needed: the names are the first words of the paths
+        paths = [parts] if isinstance(parts, tuple) else substitute.paths(parts)
+        return (
+            frozenset(p[0] for p in paths if p[0] not in env.globals),
+            frozenset(p[1] for p in paths if p[0] == "steps" and len(p) > 1),
+        )
+    if expression:
+        ast = env.parse("{{ (" + source + ") }}")
+        names = meta.find_undeclared_variables(ast)
+    else:  # the same analysis, keeping the code it generates for compiled() to use
+        ast = env.parse(source)
+        generator = _tracking_generator()(env)
+        generator.visit(ast)
+        names = generator.undeclared_identifiers
+        _GENERATED[source] = generator.stream.getvalue()
     steps: set[str] = set()
     node: Any  # Getattr | Getitem: find_all is typed as returning the base class
     for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
@@ -247,7 +300,23 @@ def undeclared(source: str, expression: bool = False) -> tuple[set[str], set[str
                 steps.add(node.attr)
             elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
                 steps.add(node.arg.value)
-    return names, steps
+    return frozenset(names), frozenset(steps)
+
+
+def _template(source: str, shell: bool) -> Any:
+    """Something with ``render(context)``: a plain substitution, or a compiled template."""
+    parts = substitute.split(source)
+    if parts is not None:
+        return substitute.Substitution(environment(shell), parts)
+    return compiled(source, shell)
+
+
+def _expression(source: str) -> Any:
+    """A callable of the context that evaluates ``source`` (without braces)."""
+    path = substitute.expression_path(source)
+    if path is not None:
+        return substitute.PathExpression(environment(), path)
+    return environment().compile_expression(source, undefined_to_none=False)
 
 
 class Renderer:
@@ -314,7 +383,7 @@ class Renderer:
         try:
             tmpl = self._cache.get(key)
             if tmpl is None:
-                tmpl = self._cache[key] = compiled(source, shell)
+                tmpl = self._cache[key] = _template(source, shell)
             return tmpl.render(self.context)
         except NeedsRuntime:
             raise
@@ -335,9 +404,7 @@ class Renderer:
         try:
             fn = self._cache.get(key)
             if fn is None:
-                fn = self._cache[key] = environment().compile_expression(
-                    strip_braces(source), undefined_to_none=False
-                )
+                fn = self._cache[key] = _expression(strip_braces(source))
             ctx = self.context if not extra else {**self.context, **extra}
             value = fn(ctx)
             from jinja2 import StrictUndefined

@@ -300,3 +300,46 @@ def test_dotdot_written_in_the_workflow_is_allowed() -> None:
 )
 def test_file_line_edit(content: str, regexp: str | None, expected: str) -> None:
     assert KINDS["file"].edit_lines(content, "port = 5433", regexp) == expected
+
+
+# ---- validation's analysis hands its generated code to compiled() ---------------------------
+
+ANALYSED = [
+    "{{ x + 1 }}",
+    "{{ host | quote }} {{ port | default(5432) }}",
+    "{% set a = x %}{{ a }}{{ b }}",
+    "{% for i in items %}{{ i }}{{ loop.index }}{% endfor %}{{ range(2) | list }}",
+    "{% macro m(v) %}{{ v }}{{ w }}{% endmacro %}{{ m(1) }}",
+    "{% if flag %}{{ steps.a.rc }}{% else %}{{ steps['b'].ok }}{% endif %}",
+    "{{ self }}{{ 'x' ~ y }}",
+]
+
+
+@pytest.mark.parametrize("source", ANALYSED)
+def test_analysis_finds_what_jinja2_meta_finds(source: str) -> None:
+    from jinja2 import meta
+
+    from engine import render
+
+    expected = meta.find_undeclared_variables(render.environment().parse(source))
+    assert render.undeclared(source)[0] == expected
+
+
+@pytest.mark.parametrize("source", ANALYSED)
+def test_code_kept_from_analysis_is_what_compiled_would_generate(source: str) -> None:
+    from engine import render
+
+    render.undeclared(source + " ")  # a string no other test analyses, so the code is kept now
+    assert render._GENERATED[source + " "] == render.environment().compile(source + " ", raw=True)
+
+
+def test_compiled_uses_the_kept_code_once_for_plain_rendering_only(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from engine import render
+
+    source = "{{ x * 3 }} and {{ x | quote }} (kept)"
+    render.undeclared(source)
+    monkeypatch.setattr(render, "_CODE", {})
+    assert render.compiled(source, shell=True).render(x="a b") == "'a ba ba b' and 'a b' (kept)"
+    assert source in render._GENERATED  # the shell environment finalizes: it generates its own
+    assert render.compiled(source).render(x="a b") == "a ba ba b and 'a b' (kept)"
+    assert source not in render._GENERATED
