@@ -247,7 +247,7 @@ def cmd_run(opts: argparse.Namespace) -> int:
             "--from does not combine with --dry-run: run --dry-run without it to see every step"
         )
     if opts.dry_run:
-        from engine import plan
+        from engine import gcpause, plan
         from engine.steps import KINDS
 
         try:
@@ -262,7 +262,8 @@ def cmd_run(opts: argparse.Namespace) -> int:
 
             rt = Runtime(cfg, Logger(workflow.name, "dry-run", masker, quiet=True))
         try:
-            return plan.dry_run(workflow, r, KINDS, masker, rt=rt, params=params)
+            with gcpause.paused():
+                return plan.dry_run(workflow, r, KINDS, masker, rt=rt, params=params)
         finally:
             if rt is not None:
                 rt.close()

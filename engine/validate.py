@@ -12,7 +12,7 @@ import difflib
 import os
 from typing import Any
 
-from engine import render, source
+from engine import gcpause, render, source
 from engine.errors import InvalidInput, Problem
 from engine.model import Param, Retry, Step, Workflow
 from engine.source import locate, path_text
@@ -589,8 +589,9 @@ def load_workflow(path: str, cache_dir: str | None = None) -> Workflow:
             cached = cache.lookup(cache_dir, path, data)
             if cached is not None:
                 return cached
-    doc, problems = source.load_file(path)
-    workflow = check_workflow(path, doc, problems) if not problems else None
+    with gcpause.paused():
+        doc, problems = source.load_file(path)
+        workflow = check_workflow(path, doc, problems) if not problems else None
     if problems or workflow is None:
         raise InvalidInput(
             problems or [Problem(path, None, None, "", "invalid workflow")],
