@@ -225,23 +225,35 @@ class Server:
         except (OSError, ValueError):
             conn.close()
             return
+        pid, refusal = 0, ""
         try:
-            refusal = self._refusal(conn, request)
+            try:
+                refusal = self._refusal(conn, request)
+            except OSError:  # the caller went away meanwhile
+                refusal = "gone"
+                conn.close()
+                return
+            if not refusal:
+                try:
+                    pid = os.fork()
+                except OSError as exc:  # out of processes or memory: the caller still has its own
+                    log(f"cannot start a worker ({exc.strerror or exc}); the caller runs the hook itself")
+                    refusal = "busy"
             if refusal:
                 self._send(conn, refusal.encode() + b"\n")
                 conn.close()
                 if refusal == "stale":
                     self.restart = True
                 return
-            pid = os.fork()
             if pid == 0:
                 try:
                     self._become_worker(conn, request, fds)  # never returns
                 finally:
                     os._exit(1)  # a signal raising inside the worker's own exit path
         finally:
-            for fd in fds:
-                os.close(fd)
+            if pid != 0 or refusal:
+                for fd in fds:
+                    os.close(fd)
         self.workers[pid] = conn
         self.by_fd[conn.fileno()] = pid
         self.poller.register(conn.fileno(), select.POLLIN)
@@ -250,21 +262,24 @@ class Server:
     def _receive(conn: socket.socket) -> tuple[dict[str, object], list[int]]:
         conn.settimeout(REQUEST_TIMEOUT)
         data, fds, _flags, _addr = socket.recv_fds(conn, 65536, 3)
-        if not data.startswith(MAGIC) or len(data) < 8:
+        try:
+            if not data.startswith(MAGIC) or len(data) < 8:
+                raise ValueError("not a pgpool-hook request")
+            size = int.from_bytes(data[4:8], "big")
+            if size > MAX_REQUEST:
+                raise ValueError("request too large")
+            body = data[8:]
+            while len(body) < size:
+                chunk = conn.recv(min(65536, size - len(body)))
+                if not chunk:
+                    raise ValueError("request cut short")
+                body += chunk
+            conn.settimeout(None)
+            return decode_request(body), fds
+        except BaseException:
             for fd in fds:
                 os.close(fd)
-            raise ValueError("not a pgpool-hook request")
-        size = int.from_bytes(data[4:8], "big")
-        if size > MAX_REQUEST:
-            raise ValueError("request too large")
-        body = data[8:]
-        while len(body) < size:
-            chunk = conn.recv(min(65536, size - len(body)))
-            if not chunk:
-                raise ValueError("request cut short")
-            body += chunk
-        conn.settimeout(None)
-        return decode_request(body), fds
+            raise
 
     def _refusal(self, conn: socket.socket, request: dict[str, object]) -> str:
         """Why this call must run in the caller's own process ("" when it may run here)."""

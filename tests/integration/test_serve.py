@@ -328,3 +328,22 @@ def test_one_runner_per_socket_and_status(tmp_path: Path, runner: Runner) -> Non
     assert runner.answers()
     runner.stop()
     assert not runner.answers()
+
+
+def test_garbage_on_the_socket_changes_nothing_and_the_runner_keeps_serving(
+    site: Path, runner: Runner
+) -> None:
+    import socket as sockets
+
+    assert runner.proc is not None
+    for junk in (b"", b"GET / HTTP/1.0\r\n\r\n", b"PGH1\xff\xff\xff\xff", b"PGH1\x00\x00\x00\x10short"):
+        with sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM) as s:
+            s.connect(str(runner.socket))
+            s.sendall(junk)
+            s.shutdown(sockets.SHUT_WR)
+            s.settimeout(10)
+            assert s.recv(100) == b""  # nothing runs, nothing is said
+    assert runner.proc.poll() is None
+    proc = call(site, runner.socket, "who", str(site / "after-junk.txt"))
+    assert proc.returncode == 0, proc.stderr
+    assert who(site, "after-junk.txt")["parent"] == str(runner.proc.pid)
