@@ -373,12 +373,11 @@ def _workflow_path(name: str, workflows_dir: str) -> str:
 
     validate imports YAML (~15 ms); a workflow that is not there is its to explain.
     """
-    if os.sep in name or name.endswith((".yaml", ".yml")):
-        return name
-    for ext in (".yaml", ".yml"):
-        candidate = os.path.join(workflows_dir, name + ext)
-        if os.path.exists(candidate):
-            return candidate
+    from engine.config import find_workflow
+
+    found = find_workflow(name, workflows_dir)
+    if found is not None:
+        return found
     from engine import validate
 
     return validate.resolve_workflow_path(name, workflows_dir)

@@ -353,3 +353,16 @@ def load(
     base_dir = os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
     secrets, secret_problems = _resolve_secrets(data.get("secrets") or {}, base_dir)
     return Config(data=data, path=path, secrets=secrets, secret_problems=secret_problems)
+
+
+def find_workflow(name: str, workflows_dir: str) -> str | None:
+    """A workflow given as a path, or the file a name stands for in the workflows folder
+    (None: no such file). Kept here, not in validate, so a run finds its file without
+    importing the checks."""
+    if os.sep in name or name.endswith((".yaml", ".yml")):
+        return name
+    for ext in (".yaml", ".yml"):
+        candidate = os.path.join(workflows_dir, name + ext)
+        if os.path.exists(candidate):
+            return candidate
+    return None

@@ -614,12 +614,11 @@ def load_workflow(path: str, cache_dir: str | None = None) -> Workflow:
 
 def resolve_workflow_path(name: str, workflows_dir: str) -> str:
     """A workflow given as a path, or as a name looked up in the workflows folder."""
-    if os.sep in name or name.endswith((".yaml", ".yml")):
-        return name
-    for ext in (".yaml", ".yml"):
-        candidate = os.path.join(workflows_dir, name + ext)
-        if os.path.exists(candidate):
-            return candidate
+    from engine.config import find_workflow
+
+    found = find_workflow(name, workflows_dir)
+    if found is not None:
+        return found
     available = (
         sorted(f.rsplit(".", 1)[0] for f in os.listdir(workflows_dir) if f.endswith((".yaml", ".yml")))
         if os.path.isdir(workflows_dir)

@@ -200,9 +200,10 @@ def _long_run_workflow(site: Path, marker: Path, sleep: str) -> None:
     )
 
 
-def _start_long(site: Path, runner: Runner, sleep: str) -> subprocess.Popen[str]:
+def _start_call(site: Path, runner: Runner, workflow: str, pattern: str) -> subprocess.Popen[str]:
+    """A call of ``workflow`` in the background, returned once a process matching ``pattern`` runs."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "engine", "run", "--config", str(site / "config.yaml"), "long"],
+        [sys.executable, "-m", "engine", "run", "--config", str(site / "config.yaml"), workflow],
         env=_env(runner.socket),
         cwd=site,
         stdout=subprocess.PIPE,
@@ -210,9 +211,9 @@ def _start_long(site: Path, runner: Runner, sleep: str) -> subprocess.Popen[str]
         text=True,
     )
     end = time.monotonic() + 30
-    while not processes_matching(f"sleep {sleep}"):
-        assert time.monotonic() < end and proc.poll() is None, "the long step never started"
-        time.sleep(0.05)
+    while not processes_matching(pattern):
+        assert time.monotonic() < end and proc.poll() is None, f"{workflow}: its step never started"
+        time.sleep(0.02)
     return proc
 
 
@@ -222,7 +223,7 @@ def test_a_stopped_caller_stops_its_run_and_the_run_rolls_back(site: Path, runne
     marker = site / "marker"
     sleep = unique_sleep()
     _long_run_workflow(site, marker, sleep)
-    proc = _start_long(site, runner, sleep)
+    proc = _start_call(site, runner, "long", f"sleep {sleep}")
     assert marker.exists()
     proc.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
     proc.wait(30)
@@ -243,18 +244,7 @@ def test_stopping_the_runner_lets_running_hooks_finish(site: Path, runner: Runne
     (site / "workflows" / "slow.yaml").write_text(
         f'name: slow\nsteps:\n  - id: s\n    local: {{command: ["sleep", "{pause}"]}}\n'
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "engine", "run", "--config", str(site / "config.yaml"), "slow"],
-        env=_env(runner.socket),
-        cwd=site,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    end = time.monotonic() + 30
-    while not processes_matching(f"sleep {pause}"):
-        assert time.monotonic() < end and proc.poll() is None, "the step never started"
-        time.sleep(0.02)
+    proc = _start_call(site, runner, "slow", f"sleep {pause}")
     runner.stop()
     assert not runner.socket.exists()
     assert proc.wait(30) == 0
