@@ -337,3 +337,23 @@ def test_garbage_on_the_socket_changes_nothing_and_the_runner_keeps_serving(
     proc = call(site, runner.socket, "who", str(site / "after-junk.txt"))
     assert proc.returncode == 0, proc.stderr
     assert who(site, "after-junk.txt")["parent"] == str(runner.proc.pid)
+
+
+def test_a_runner_killed_outright_leaves_its_running_hooks_to_finish(site: Path, runner: Runner) -> None:
+    """The worker reports its exit code to its caller itself, so kill -9 of the runner costs
+    nothing but the runner; the next call runs in its own process."""
+    assert runner.proc is not None
+    pause = f"1.{time.time_ns() % 10**6:06d}"
+    (site / "workflows" / "slow.yaml").write_text(
+        f'name: slow\nsteps:\n  - id: s\n    local: {{command: ["sleep", "{pause}"]}}\n'
+        "  - id: after\n    local: {command: [touch, after]}\n"
+    )
+    proc = _start_call(site, runner, "slow", f"sleep {pause}")
+    runner.proc.kill()
+    runner.proc.wait(10)
+    assert proc.wait(30) == 0
+    assert (site / "after").exists()  # the run went on to its last step
+    assert history(site)[0]["outcome"] == "succeeded"
+    alone = call(site, runner.socket, "who", str(site / "alone.txt"))  # a stale socket file: nobody answers
+    assert alone.returncode == 0, alone.stderr
+    assert who(site, "alone.txt")["parent"] != str(runner.proc.pid)
