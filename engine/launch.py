@@ -134,6 +134,10 @@ def handoff(argv: list[str]) -> int | None:
             return EXIT_UNKNOWN
         word, _, value = message.partition(b" ")
         if word in (b"exit", b"status"):
+            try:
+                sock.send(b"done\n")  # so the runner knows this caller did not just vanish
+            except OSError:
+                pass
             return int(value)
 
 

@@ -309,13 +309,18 @@ class Server:
             data = conn.recv(64)
         except OSError:
             data = b""
+        if data.startswith(b"done"):  # the caller has its exit code: nothing left to watch
+            self._forget(pid)
+            return
         if data:
-            return  # callers send nothing after the request; ignore noise
+            return  # noise: callers send nothing else
         # the caller is gone (kill -9 of the hook): the run must not go on unseen
         try:
             os.kill(pid, signal.SIGTERM)
         except OSError:
             pass
+        else:
+            log(f"worker {pid}: its caller went away; sent SIGTERM (the run stops and rolls back)")
         self._forget(pid)
 
     def _forget(self, pid: int) -> None:
@@ -338,6 +343,8 @@ class Server:
             if pid == 0:
                 return
             code = os.waitstatus_to_exitcode(status)
+            if code < 0 and pid in self.workers:
+                log(f"worker {pid} ended by signal {-code} before reporting to its caller")
             code = 128 - code if code < 0 else code
             conn = self.workers.get(pid)
             if conn is not None:

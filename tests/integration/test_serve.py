@@ -158,6 +158,7 @@ def test_a_call_runs_in_a_worker_with_the_callers_streams_env_cwd_and_umask(
     assert "to-stdout" in proc.stderr  # step output goes to the log on the caller's stderr
     assert "outcome=finished" in proc.stderr
     assert history(site)[0]["outcome"] == "succeeded"
+    assert "went away" not in runner.log.read_text()  # a caller that got its code said so
 
 
 def test_without_a_runner_or_with_it_turned_off_the_call_runs_in_its_own_process(
@@ -236,6 +237,8 @@ def test_a_stopped_caller_stops_its_run_and_the_run_rolls_back(site: Path, runne
         assert proc.returncode == 1
         assert "interrupted; rolled back" in (proc.stderr.read() if proc.stderr else "")
     assert history(site)[0]["outcome"] in ("rolled-back", "interrupted")
+    went_away = "its caller went away; sent SIGTERM" in runner.log.read_text()
+    assert went_away == (how == "sigkill")  # a forwarded SIGTERM is not a caller gone
 
 
 def test_stopping_the_runner_lets_running_hooks_finish(site: Path, runner: Runner) -> None:
