@@ -4,8 +4,12 @@ Loading and planning build many long-lived objects (positioned YAML nodes, the m
 compiled templates, plans) and almost no garbage cycles.  The cyclic collector still
 walks every live object at each full collection, and full collections come round more
 often the more is allocated, so its cost grows faster than the workflow: it was a third
-of a 10,000-step dry-run.  Reference counting frees everything else as usual, and the
-collector runs again as soon as the work is done.
+of a 10,000-step dry-run.  Reference counting frees everything else as usual.
+
+When the work is done, what it built is moved to the collector's permanent generation
+(``gc.freeze``) before the collector is switched on again: those objects live as long as
+the run anyway, and otherwise the first collection afterwards would walk all of them at
+once.
 """
 
 from __future__ import annotations
@@ -23,4 +27,5 @@ def paused() -> Iterator[None]:
         yield
     finally:
         if was_enabled:
+            gc.freeze()
             gc.enable()
