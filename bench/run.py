@@ -166,36 +166,25 @@ def build_rows(results: dict[str, Any]) -> list[list[str]]:
                     _verdict(v, m) if v else "",
                 ]
             )
-        for n, d in ov["dry_run"].items():
-            verdict = ""
-            if n == "10000":
-                verdict = "met" if d["median"] is not None and d["median"] < 10 else "MISSED"
-            rows.append(
-                [
-                    f"--dry-run, {int(n):,} synthetic steps",
-                    f"{d['n']}",
-                    _span(d) if d["median"] is not None else _short_status(d["status"]),
-                    "",
-                    "",
-                    "< 10 s" if n == "10000" else "",
-                    verdict,
-                ]
-            )
-        for n, d in ov.get("dry_run_refs", {}).items():
-            verdict = ""
-            if n == "10000":
-                verdict = "met" if d["median"] is not None and d["median"] < 10 else "MISSED"
-            rows.append(
-                [
-                    f"--dry-run, {int(n):,} steps, each reading the previous step",
-                    f"{d['n']}",
-                    _span(d) if d["median"] is not None else _short_status(d["status"]),
-                    "",
-                    "",
-                    "< 10 s" if n == "10000" else "",
-                    verdict,
-                ]
-            )
+        for key, what in (
+            ("dry_run", "synthetic steps"),
+            ("dry_run_refs", "steps, each reading the previous step"),
+        ):
+            for n, d in ov.get(key, {}).items():
+                verdict = ""
+                if n == "10000":
+                    verdict = "met" if d["median"] is not None and d["median"] < 10 else "MISSED"
+                rows.append(
+                    [
+                        f"--dry-run, {int(n):,} {what}",
+                        f"{d['n']}",
+                        _span(d) if d["median"] is not None else _short_status(d["status"]),
+                        "",
+                        "",
+                        "< 10 s" if n == "10000" else "",
+                        verdict,
+                    ]
+                )
         for key, label, goal in (
             ("dry_run_growth", "--dry-run growth, 10,000 / 1,000 steps", "<= 11x"),
             ("dry_run_refs_growth", "--dry-run growth, 10,000 / 1,000 steps reading steps.X", "<= 11x"),
