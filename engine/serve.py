@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 from engine import launch
-from engine.launch import DEFAULT_SOCKET, MAGIC, SOCKET_ENV, decode_request
+from engine.launch import DEFAULT_SOCKET, MAGIC, decode_request
 
 # what a warm hook call would otherwise import: the engine, its step kinds, and the
 # libraries they load on first use
@@ -103,9 +103,10 @@ def engine_files() -> dict[str, tuple[int, int]]:
     return files
 
 
-def peer_uid(conn: socket.socket) -> int:
-    _pid, uid, _gid = PEERCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size))
-    return uid
+def peer(conn: socket.socket) -> tuple[int, int]:
+    """(pid, uid) of the process at the other end of a Unix socket, from the kernel."""
+    pid, uid, _gid = PEERCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size))
+    return pid, uid
 
 
 def resident_pid(path: str) -> int | None:
@@ -115,9 +116,7 @@ def resident_pid(path: str) -> int | None:
             probe.connect(path)
         except OSError:
             return None
-        pid, uid, _gid = PEERCRED.unpack(
-            probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size)
-        )
+        pid, uid = peer(probe)
         return pid if uid == os.getuid() else None
 
 
@@ -283,7 +282,7 @@ class Server:
 
     def _refusal(self, conn: socket.socket, request: dict[str, object]) -> str:
         """Why this call must run in the caller's own process ("" when it may run here)."""
-        if peer_uid(conn) != os.getuid():
+        if peer(conn)[1] != os.getuid():
             return "refused"
         if request["executable"] != sys.executable or request["version"] != sys.version:
             return "mismatch"
@@ -426,13 +425,10 @@ def _text_stream(fd: int, mode: str, like: object) -> io.TextIOWrapper:
     return io.TextIOWrapper(binary, encoding=encoding, errors=errors, line_buffering=tty or fd == 2)
 
 
-def default_socket() -> str:
-    return os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
-
-
 def main(socket_path: str | None, status_only: bool = False) -> int:
     """``pgpool-hook serve``; with ``status_only`` just say whether a runner answers."""
-    path = socket_path or default_socket()
+    # where calls look for it; with hand-over turned off ("off") still the usual place
+    path = socket_path or launch.socket_path() or DEFAULT_SOCKET
     if status_only:
         pid = resident_pid(path)
         if pid is None:
